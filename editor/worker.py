@@ -1,0 +1,585 @@
+"""The one thread that runs edits, behind a fair queue that the event loop never waits on.
+
+Models are not safe to share between threads and a GPU runs one edit at a time anyway,
+so a single daemon thread owns the editor. The event loop only takes a lock for a few
+microseconds to queue, cancel or inspect jobs; the thread hands progress back with
+``loop.call_soon_threadsafe`` (one wake-up per batch of updates, not one per step).
+
+Fairness: each job gets a round number. A requester's first waiting job joins the
+current round; each further job of theirs goes one round later; a requester whose
+job has just started waits for the next round. Jobs run in (round, submission) order,
+so one person's backlog of five delays someone else's single edit by one of those five
+at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, MutableSequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from editor.config import build
+from editor.types import EditCancelled, EditRequest, EditResult, InvalidInput, StepCallback
+
+logger = logging.getLogger(__name__)
+
+ProgressState = Literal["queued", "running", "done", "failed", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+#: How many recent edit durations :meth:`EditWorker.stats` keeps.
+RECENT_EDITS = 20
+
+OUT_OF_MEMORY_MESSAGE = (
+    "The GPU ran out of memory on this edit. Please try a smaller image or fewer captions, "
+    "or try again when the bot is less busy."
+)
+UNEXPECTED_ERROR_MESSAGE = (
+    "Something went wrong while editing your image. The error was logged; please try again, "
+    "perhaps with a different image or settings."
+)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Section ``worker`` of config.yaml."""
+
+    #: Jobs waiting (not counting the running one) before new ones are refused.
+    max_queue: int = 50
+    #: Jobs one requester may have waiting or running at once.
+    per_user_cap: int = 3
+    #: A running edit is stopped and reported as failed after this many seconds.
+    job_timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {self.max_queue}")
+        if self.per_user_cap < 1:
+            raise ValueError(f"per_user_cap must be at least 1, got {self.per_user_cap}")
+        if not self.job_timeout_s > 0:
+            raise ValueError(f"job_timeout_s must be positive, got {self.job_timeout_s}")
+
+
+def worker_config(data: dict[str, Any]) -> WorkerConfig:
+    """The ``worker`` section of a loaded config file."""
+    return build(WorkerConfig, data.get("worker") or {}, "worker")
+
+
+class WorkerRejected(Exception):
+    """The job was not queued; the message is written for the requester."""
+
+
+class QueueFull(WorkerRejected):
+    """Too many jobs are waiting in total."""
+
+
+class UserLimitReached(WorkerRejected):
+    """This requester already has as many jobs waiting or running as allowed."""
+
+
+class WorkerStopping(WorkerRejected):
+    """The worker is shutting down and takes no new jobs."""
+
+
+class EditFailed(Exception):
+    """The edit did not produce an image; ``user_message`` says why, in plain words."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+class WorkerStopped(EditCancelled):
+    """The worker stopped before this job could finish; :meth:`EditWorker.stop` listed its id."""
+
+
+class JobEditor(Protocol):
+    """What the worker runs: the engine's ``Editor`` or a stand-in in tests and benchmarks."""
+
+    def edit(
+        self,
+        request: EditRequest,
+        *,
+        callback: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult: ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One state of a job: waiting (with its 1-based place), running (stage and step), or final."""
+
+    job_id: str
+    state: ProgressState
+    queue_position: int | None = None
+    stage: str | None = None
+    step: int = 0
+    total: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """A small snapshot for the ops endpoint."""
+
+    queued: int
+    running_job_id: str | None
+    done: int
+    failed: int
+    cancelled: int
+    #: Wall time of the most recent successful edits (start to finish), oldest first.
+    recent_edit_s: tuple[float, ...]
+
+
+def _coalesce(updates: MutableSequence[Progress], update: Progress) -> None:
+    """Append ``update``, replacing the last one if it is of the same state.
+
+    Consecutive updates of one state only refine each other (a newer place in the queue,
+    a later step), so a reader that falls behind gets the latest of each state and no
+    buffer ever holds more than one entry per state.
+    """
+    if updates and updates[-1].state == update.state:
+        updates[-1] = update
+    else:
+        updates.append(update)
+
+
+class _Listener:
+    """One reader of :meth:`JobHandle.progress`: its unread updates and a wake-up."""
+
+    def __init__(self, first: Progress) -> None:
+        self.unread: deque[Progress] = deque([first])
+        self.wake = asyncio.Event()
+
+    def push(self, update: Progress) -> None:
+        _coalesce(self.unread, update)
+        self.wake.set()
+
+
+class JobHandle:
+    """The event loop's view of one submitted job: its progress and its outcome.
+
+    Everything here runs on the event loop's thread; the worker thread only appends to
+    ``_pending`` under the worker's delivery lock.
+    """
+
+    def __init__(self, job_id: str, requester: str, first: Progress) -> None:
+        self.job_id = job_id
+        self.requester = requester
+        self._latest = first
+        self._listeners: set[_Listener] = set()
+        self._finished = asyncio.Event()
+        self._outcome: EditResult | BaseException | None = None
+        self._pending: list[Progress] = []
+        self._pending_outcome: EditResult | BaseException | None = None
+
+    @property
+    def latest(self) -> Progress:
+        return self._latest
+
+    async def progress(self) -> AsyncIterator[Progress]:
+        """Updates from the latest state on, ending after the final one.
+
+        A reader gets every state the job enters while it reads (queued, running, the
+        final one); unread updates within one state are replaced by newer ones, so a slow
+        reader never holds more than one per state. A late reader starts at the latest.
+        """
+        listener = _Listener(self._latest)
+        self._listeners.add(listener)
+        try:
+            while True:
+                if not listener.unread:
+                    listener.wake.clear()
+                    await listener.wake.wait()
+                    continue
+                update = listener.unread.popleft()
+                yield update
+                if update.final:
+                    return
+        finally:
+            self._listeners.discard(listener)
+
+    async def result(self) -> EditResult:
+        """The edited image; raises EditCancelled or EditFailed, never anything else."""
+        await self._finished.wait()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None  # a finished job has a result or an error
+        return self._outcome
+
+    def _deliver(self, update: Progress, outcome: EditResult | BaseException | None) -> None:
+        if update == self._latest:
+            return
+        self._latest = update
+        for listener in self._listeners:
+            listener.push(update)
+        if update.final:
+            self._outcome = outcome
+            self._finished.set()
+
+
+@dataclass(eq=False)
+class _Job:
+    """The worker's record of a job; fields change only under the worker's lock."""
+
+    job_id: str
+    requester: str
+    request: EditRequest
+    seq: int
+    #: The fairness round (see the module docstring); jobs run in (round, seq) order.
+    round: int
+    handle: JobHandle
+    #: 1-based place while waiting, as last told to the handle; None once running.
+    position: int | None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    #: Why the cancel event was set: "cancelled", "timeout" or "stopped" (first one wins).
+    stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.cancel_event.set()
+
+
+def _run_key(job: _Job) -> tuple[int, int]:
+    return (job.round, job.seq)
+
+
+#: An update for one handle; the outcome goes with a final update only.
+_Update = tuple[JobHandle, Progress, EditResult | BaseException | None]
+
+
+class EditWorker:
+    """Runs jobs one at a time on its own thread, fairly between requesters.
+
+    ``submit``, ``cancel`` and the inspectors are cheap and non-blocking (linear in the
+    number of waiting jobs at worst): call them from the event loop (``cancel`` and the
+    inspectors from any thread).
+    """
+
+    def __init__(self, editor: JobEditor, config: WorkerConfig) -> None:
+        self._editor = editor
+        self._config = config
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        #: Waiting jobs in the order they will run.
+        self._order: list[_Job] = []
+        self._waiting_by_requester: dict[str, int] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._running: _Job | None = None
+        self._round = 0
+        self._last_round: dict[str, int] = {}
+        self._seq = itertools.count()
+        self._accepting = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._interrupted: str | None = None
+        self._counts = dict.fromkeys(FINAL_STATES, 0)
+        self._recent_edit_s: deque[float] = deque(maxlen=RECENT_EDITS)
+        self._delivery_lock = threading.Lock()
+        self._dirty: list[JobHandle] = []
+        self._flush_scheduled = False
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the worker thread; progress is delivered to the running event loop."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("EditWorker.start() was called twice")
+            self._loop = asyncio.get_running_loop()
+            self._accepting = True
+            self._thread = threading.Thread(target=self._serve, name="edit-worker", daemon=True)
+            self._thread.start()
+
+    async def stop(self, drain: bool = False) -> list[str]:
+        """Stop taking jobs and end the thread; return the ids of jobs that did not run.
+
+        With ``drain`` the waiting jobs run first. Without it the running job is
+        cancelled and the waiting ones are left unrun; all of them resolve with
+        :class:`WorkerStopped`, and their ids come back (the interrupted one first, then
+        the waiting ones in submission order) so the caller can run them again later.
+        """
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return []
+            self._accepting = False
+            unrun: list[_Job] = []
+            if not drain:
+                unrun = sorted(self._order, key=lambda job: job.seq)
+                self._order.clear()
+                self._waiting_by_requester.clear()
+                for job in unrun:
+                    self._end_locked(
+                        job, "cancelled", WorkerStopped("The editor stopped before this edit ran.")
+                    )
+                if self._running is not None:
+                    self._running.request_stop("stopped")
+            self._work_ready.notify_all()
+        await asyncio.to_thread(thread.join)
+        with self._lock:
+            self._thread = None
+            interrupted, self._interrupted = self._interrupted, None
+        return ([interrupted] if interrupted else []) + [job.job_id for job in unrun]
+
+    # -- the event loop's side --------------------------------------------------------
+
+    def submit(self, job_id: str, requester: str, request: EditRequest) -> JobHandle:
+        """Queue a job; raises a :class:`WorkerRejected` whose message the requester can read."""
+        with self._lock:
+            if self._loop is None or asyncio.get_running_loop() is not self._loop:
+                raise RuntimeError("submit() must be called on the event loop that started the worker")
+            if not self._accepting:
+                raise WorkerStopping("The editor is restarting; please try again in a minute.")
+            if job_id in self._jobs:
+                raise ValueError(f"job {job_id!r} is already waiting or running")
+            waiting = self._waiting_by_requester.get(requester, 0)
+            mine = waiting + (self._running is not None and self._running.requester == requester)
+            if mine >= self._config.per_user_cap:
+                raise UserLimitReached(
+                    f"You already have {mine} edit{'s' if mine != 1 else ''} waiting or running; "
+                    "please wait for one to finish or cancel one."
+                )
+            if len(self._order) >= self._config.max_queue:
+                raise QueueFull(
+                    f"The bot is very busy right now ({self._config.max_queue} edits are waiting); "
+                    "please try again in a few minutes."
+                )
+            seq = next(self._seq)
+            run_round = self._first_round(requester) + waiting
+            index = bisect.bisect_right(self._order, (run_round, seq), key=_run_key)
+            handle = JobHandle(job_id, requester, Progress(job_id, "queued", queue_position=index + 1))
+            job = _Job(
+                job_id=job_id,
+                requester=requester,
+                request=request,
+                seq=seq,
+                round=run_round,
+                handle=handle,
+                position=index + 1,
+            )
+            self._order.insert(index, job)
+            self._waiting_by_requester[requester] = waiting + 1
+            self._jobs[job_id] = job
+            self._post_many(self._repositioned_locked(start=index + 1))
+            self._work_ready.notify()
+            return handle
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel one job: a waiting one is dropped at once, a running one stops within a step.
+
+        Returns False when the job is unknown or already finished.
+        """
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return False
+            if job is self._running:
+                job.request_stop("cancelled")
+                return True
+            self._order.remove(job)
+            self._forget_waiting_locked(job.requester)
+            for other in self._order:  # the requester's later jobs move up one round
+                if other.requester == job.requester and other.round > job.round:
+                    other.round -= 1
+            self._order.sort(key=_run_key)
+            self._end_locked(job, "cancelled", EditCancelled("The edit was cancelled before it started."))
+            self._post_many(self._repositioned_locked())
+            return True
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting, not counting the running one."""
+        with self._lock:
+            return len(self._order)
+
+    @property
+    def running_job_id(self) -> str | None:
+        with self._lock:
+            return self._running.job_id if self._running is not None else None
+
+    def position(self, job_id: str) -> int | None:
+        """1-based place of a waiting job in the run order; None if it is not waiting."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job.position if job is not None else None
+
+    def stats(self) -> WorkerStats:
+        with self._lock:
+            return WorkerStats(
+                queued=len(self._order),
+                running_job_id=self._running.job_id if self._running is not None else None,
+                done=self._counts["done"],
+                failed=self._counts["failed"],
+                cancelled=self._counts["cancelled"],
+                recent_edit_s=tuple(self._recent_edit_s),
+            )
+
+    # -- scheduling (all under self._lock) --------------------------------------------
+
+    def _first_round(self, requester: str) -> int:
+        """The round of this requester's first waiting job (see the module docstring).
+
+        Rounds of waiting jobs never change when another job starts (the started job has
+        the smallest round), so they are computed once, at submission.
+        """
+        return max(self._round, self._last_round.get(requester, self._round - 1) + 1)
+
+    def _forget_waiting_locked(self, requester: str) -> None:
+        left = self._waiting_by_requester[requester] - 1
+        if left:
+            self._waiting_by_requester[requester] = left
+        else:
+            del self._waiting_by_requester[requester]
+
+    def _repositioned_locked(self, start: int = 0) -> list[_Update]:
+        """Updates for the waiting jobs from ``start`` on whose place changed."""
+        updates: list[_Update] = []
+        for position, job in enumerate(self._order[start:], start=start + 1):
+            if job.position != position:
+                job.position = position
+                updates.append((job.handle, Progress(job.job_id, "queued", queue_position=position), None))
+        return updates
+
+    def _end_locked(self, job: _Job, state: ProgressState, outcome: EditResult | BaseException) -> None:
+        del self._jobs[job.job_id]
+        self._counts[state] += 1
+        self._post_many([(job.handle, Progress(job.job_id, state), outcome)])
+
+    # -- the worker thread ------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while (job := self._next_job()) is not None:
+            self._run(job)
+
+    def _next_job(self) -> _Job | None:
+        """Wait for work; None once stopped and (when draining) the queue is empty."""
+        with self._work_ready:
+            while self._accepting and not self._order:
+                self._work_ready.wait()
+            if not self._order:
+                return None
+            job = self._order.pop(0)
+            self._forget_waiting_locked(job.requester)
+            self._round = job.round
+            self._last_round[job.requester] = job.round
+            self._last_round = {r: n for r, n in self._last_round.items() if n >= job.round}
+            self._running = job
+            job.position = None
+            self._post_many(
+                [(job.handle, Progress(job.job_id, "running"), None), *self._repositioned_locked()]
+            )
+            return job
+
+    def _run(self, job: _Job) -> None:
+        def report(stage: str, step: int, total: int) -> None:
+            update = Progress(job.job_id, "running", stage=stage, step=step, total=total)
+            self._post_many([(job.handle, update, None)])
+
+        timer = threading.Timer(self._config.job_timeout_s, self._expire, args=(job,))
+        timer.daemon = True
+        started = time.perf_counter()
+        timer.start()
+        try:
+            result = self._editor.edit(job.request, callback=report, cancel=job.cancel_event)
+        except Exception as error:
+            state, outcome = self._failure(job, error)
+        else:
+            state, outcome = "done", result
+        finally:
+            timer.cancel()
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self._running = None
+            if state == "done":
+                self._recent_edit_s.append(elapsed)
+            if isinstance(outcome, WorkerStopped):
+                self._interrupted = job.job_id
+            self._end_locked(job, state, outcome)
+
+    def _expire(self, job: _Job) -> None:
+        with self._lock:
+            if job is self._running:
+                job.request_stop("timeout")
+
+    def _failure(self, job: _Job, error: Exception) -> tuple[ProgressState, BaseException]:
+        """Turn whatever the editor raised into what the requester is told."""
+        if isinstance(error, EditCancelled):
+            if job.stop_reason == "timeout":
+                limit = _describe_seconds(self._config.job_timeout_s)
+                failure: BaseException = EditFailed(
+                    f"Your edit took too long (over {limit}) and was stopped. "
+                    "Please try fewer steps or a smaller image."
+                )
+            elif job.stop_reason == "stopped":
+                return "cancelled", WorkerStopped("The editor stopped before this edit finished.")
+            else:
+                return "cancelled", EditCancelled("The edit was cancelled.")
+        elif isinstance(error, InvalidInput):
+            failure = EditFailed(str(error))
+        elif _is_out_of_memory(error):
+            logger.warning("Edit %s of %s ran out of GPU memory: %s", job.job_id, job.requester, error)
+            _release_gpu_memory()
+            failure = EditFailed(OUT_OF_MEMORY_MESSAGE)
+        else:
+            logger.error("Edit %s of %s failed", job.job_id, job.requester, exc_info=error)
+            failure = EditFailed(UNEXPECTED_ERROR_MESSAGE)
+        failure.__cause__ = error
+        return "failed", failure
+
+    # -- handing updates to the event loop --------------------------------------------
+
+    def _post_many(self, updates: list[_Update]) -> None:
+        """Queue updates for the loop and schedule one flush per batch (from any thread)."""
+        if not updates:
+            return
+        assert self._loop is not None  # jobs exist only after start()
+        with self._delivery_lock:
+            for handle, update, outcome in updates:
+                if not handle._pending:
+                    self._dirty.append(handle)
+                _coalesce(handle._pending, update)
+                if update.final:
+                    handle._pending_outcome = outcome
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._delivery_lock:
+            dirty, self._dirty = self._dirty, []
+            batches = [(handle, handle._pending, handle._pending_outcome) for handle in dirty]
+            for handle in dirty:
+                handle._pending = []
+            self._flush_scheduled = False
+        for handle, updates, outcome in batches:
+            for update in updates:
+                handle._deliver(update, outcome)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (or a look-alike) without importing torch here."""
+    return any(cls.__name__ == "OutOfMemoryError" for cls in type(error).__mro__)
+
+
+def _release_gpu_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _describe_seconds(seconds: float) -> str:
+    if seconds >= 120:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} seconds"
