@@ -293,22 +293,11 @@ class DiffusionModels:
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
-    @torch.no_grad()
     def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
         """Full-sequence CLIP embeddings ``[len(texts), 77, dim]`` in float32 (directions too)."""
-        if isinstance(texts, str) or not texts:
-            raise ValueError("encode_prompt needs a non-empty sequence of texts")
-        tokens = self.tokenizer(
-            list(texts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
-        mask = tokens.attention_mask.to(self.device) if use_mask else None
-        output = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)
-        return output[0].float()
+        from editor.direction import encode_captions
+
+        return encode_captions(self.tokenizer, self.text_encoder, texts).float()
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> torch.Tensor:

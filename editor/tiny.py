@@ -198,7 +198,8 @@ def write_dino(folder: Path) -> None:
         image_size=32,
         patch_size=8,
     )
-    ViTModel(config).save_pretrained(folder)
+    # Like facebook/dino-vits16, no pooler: the metric uses the class token.
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
 
 
