@@ -1,0 +1,1 @@
+"""MagicBrush evaluation of the editor: ``python -m editor.evaluate`` (see ``__main__``)."""

@@ -1,0 +1,144 @@
+"""Named prompt strategies: what the paper compares, kept as data so that anyone can add one.
+
+A strategy is a set of :class:`EditSettings` overrides (prompt template, number of
+captions N, caption lock, or any other knob) on top of the config's ``edit`` section, and
+an ``oracle`` switch. The oracle skips the language model and takes the dataset's own
+global descriptions of the input and output images as the one before and after caption:
+it measures how good the edit could be if the LM wrote perfect captions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from editor.config import ConfigError, build, resolve_model
+from editor.evaluate.dataset import Turn
+from editor.types import EditSettings
+
+#: ``none``: the language model writes the captions; ``global``: the dataset's descriptions do.
+ORACLES = ("none", "global")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """One entry of ``evaluation.strategies`` in config.yaml."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    oracle: str = "none"
+    description: str = ""
+
+
+BUILTIN_STRATEGIES: dict[str, StrategyConfig] = {
+    "default": StrategyConfig(description="the config's edit section unchanged (what the bot does)"),
+    "few_shot": StrategyConfig(
+        {"template": "few_shot", "caption_lock": True}, description="few-shot prompt, caption lock on"
+    ),
+    "zero_shot": StrategyConfig(
+        {"template": "zero_shot", "caption_lock": True}, description="zero-shot prompt, caption lock on"
+    ),
+    "few_shot_unlocked": StrategyConfig(
+        {"template": "few_shot", "caption_lock": False}, description="few-shot prompt, caption lock off"
+    ),
+    "zero_shot_unlocked": StrategyConfig(
+        {"template": "zero_shot", "caption_lock": False}, description="zero-shot prompt, caption lock off"
+    ),
+    "few_shot_n1": StrategyConfig(
+        {"template": "few_shot", "caption_lock": True, "num_captions": 1},
+        description="few-shot prompt, lock on, one caption each side",
+    ),
+    "few_shot_n10": StrategyConfig(
+        {"template": "few_shot", "caption_lock": True, "num_captions": 10},
+        description="few-shot prompt, lock on, ten captions each side",
+    ),
+    "oracle": StrategyConfig(
+        oracle="global",
+        description="no language model: the dataset's global descriptions of input and output",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The ``evaluation`` section of config.yaml."""
+
+    #: CLIP ViT-B/32 for CLIP-I and CLIP-T, as MagicBrush's evaluation uses.
+    clip: str = "openai/clip-vit-base-patch32"
+    #: DINO ViT-S/16 for the DINO metric.
+    dino: str = "facebook/dino-vits16"
+    #: Where the metric models run: auto (CUDA when present), cpu, cuda, cuda:N.
+    device: str = "auto"
+    #: The seed of every edit (the paper's code uses 42).
+    seed: int = 42
+    #: Added to (or replacing, by name) :data:`BUILTIN_STRATEGIES`.
+    strategies: dict[str, StrategyConfig] = field(default_factory=dict)
+    base_dir: str = "."
+
+    def model_path(self, name: str) -> str:
+        return resolve_model(self.base_dir, getattr(self, name))
+
+
+def evaluation_config(data: dict[str, Any]) -> EvaluationConfig:
+    """The ``evaluation`` section of a loaded config file."""
+    section = dict(data.get("evaluation") or {})
+    section.setdefault("base_dir", data.get("_base_dir", "."))
+    return build(EvaluationConfig, section, "evaluation")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A strategy resolved against the config's edit defaults: the settings every edit uses."""
+
+    name: str
+    settings: EditSettings
+    oracle: str
+    description: str
+
+    def captions_for(self, turn: Turn) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """The before/after captions that replace the language model's, or None to ask it."""
+        if self.oracle == "none":
+            return None
+        if not turn.source_description or not turn.target_description:
+            raise MissingDescription(
+                f"Session {turn.session_id}, turn {turn.index} has no global description of its input "
+                "and output, which the oracle strategy needs."
+            )
+        return (turn.source_description,), (turn.target_description,)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes two runs of this name the same experiment."""
+        return {"settings": self.settings.to_dict(), "oracle": self.oracle}
+
+
+class MissingDescription(ValueError):
+    """An oracle strategy met a turn without the dataset's descriptions."""
+
+
+def available_strategies(config: EvaluationConfig) -> dict[str, StrategyConfig]:
+    return {**BUILTIN_STRATEGIES, **config.strategies}
+
+
+def resolve_strategies(
+    config: EvaluationConfig, defaults: EditSettings, names: list[str] | tuple[str, ...]
+) -> tuple[Strategy, ...]:
+    """The named strategies, each checked; unknown names and bad overrides are config errors."""
+    known = available_strategies(config)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"Unknown strategy {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))} "
+            "(add your own under evaluation.strategies in config.yaml)."
+        )
+    strategies = []
+    for name in dict.fromkeys(names):
+        entry = known[name]
+        where = f"evaluation.strategies.{name}"
+        if entry.oracle not in ORACLES:
+            raise ConfigError(f"{where}.oracle must be one of {', '.join(ORACLES)}, got {entry.oracle!r}.")
+        try:
+            settings = EditSettings.from_dict({**defaults.to_dict(), **entry.settings})
+            settings.validate()
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{where}.settings: {error}") from error
+        strategies.append(Strategy(name, settings, entry.oracle, entry.description))
+    return tuple(strategies)
