@@ -1,0 +1,615 @@
+"""Conversation state in one SQLite file (sqlite-utils): the edit tree, jobs and caches.
+
+Images live in the database as PNG BLOBs next to their metadata, so one transaction
+writes both: a crash leaves neither an image without its version nor a version without
+its image. Every multi-row write runs in ``Database.atomic()``. The store is synchronous
+and used from the event loop's thread only; each call is short (an indexed lookup or one
+small transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from editor.types import EditSettings
+from sessions.models import Author, Job, JobKind, Place, Version
+
+MIGRATIONS = Migrations("sessions")
+
+_ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o, 1/l/i: easy to read back and type
+
+
+def new_id(length: int = 10) -> str:
+    """A short URL-safe random id (about 50 bits) that fits in a Discord custom_id."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+@MIGRATIONS()
+def m001_initial_schema(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            place_key TEXT NOT NULL,
+            transport TEXT NOT NULL,
+            guild_id TEXT,
+            channel_id TEXT NOT NULL,
+            thread_id TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX conversations_by_place ON conversations(place_key);
+
+        CREATE TABLE versions (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            parent_id TEXT REFERENCES versions(id),
+            author_id TEXT NOT NULL,
+            author_name TEXT NOT NULL,
+            instruction TEXT,
+            caption TEXT,
+            before_captions TEXT NOT NULL DEFAULT '[]',
+            after_captions TEXT NOT NULL DEFAULT '[]',
+            settings TEXT,
+            seed INTEGER,
+            image BLOB NOT NULL CHECK (length(image) > 0),
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            image_caption TEXT,
+            created_at REAL NOT NULL,
+            CHECK (parent_id IS NOT NULL OR instruction IS NULL)
+        );
+        CREATE INDEX versions_by_conversation ON versions(conversation_id);
+        CREATE INDEX versions_by_parent ON versions(parent_id);
+
+        CREATE TABLE message_links (
+            transport TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            version_id TEXT NOT NULL REFERENCES versions(id),
+            created_at REAL NOT NULL,
+            PRIMARY KEY (transport, message_id)
+        );
+
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            requester_id TEXT NOT NULL,
+            requester_name TEXT NOT NULL,
+            source_version_id TEXT REFERENCES versions(id),
+            kind TEXT NOT NULL CHECK (kind IN ('start', 'continue', 'retry', 'stronger', 'subtler')),
+            instruction TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            captions TEXT,
+            input_image BLOB,
+            input_width INTEGER,
+            input_height INTEGER,
+            state TEXT NOT NULL CHECK (
+                state IN ('queued', 'running', 'done', 'failed', 'cancelled', 'interrupted')),
+            error TEXT,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            result_version_id TEXT REFERENCES versions(id),
+            reply_context TEXT NOT NULL DEFAULT '{}',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            CHECK (kind = 'start' OR source_version_id IS NOT NULL),
+            CHECK (state <> 'done' OR result_version_id IS NOT NULL)
+        );
+        CREATE INDEX jobs_by_state ON jobs(state);
+
+        CREATE TABLE inversions (
+            version_id TEXT NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            data BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            last_used REAL NOT NULL,
+            PRIMARY KEY (version_id, key)
+        );
+        CREATE INDEX inversions_by_use ON inversions(last_used);
+
+        CREATE TABLE places (
+            key TEXT PRIMARY KEY,
+            transport TEXT NOT NULL,
+            guild_id TEXT,
+            channel_id TEXT NOT NULL,
+            thread_id TEXT,
+            settings TEXT NOT NULL DEFAULT '{}',
+            options TEXT NOT NULL DEFAULT '{}'
+        );
+        """
+    )
+
+
+_VERSION_FIELDS = (
+    *("id", "conversation_id", "parent_id", "author_id", "author_name", "instruction", "caption"),
+    *("before_captions", "after_captions", "settings", "seed", "width", "height", "created_at"),
+    "image_caption",
+)
+#: Every column of ``versions`` but the image, which only ``image_png`` reads.
+_VERSION_COLUMNS = ", ".join(f"versions.{name}" for name in _VERSION_FIELDS)
+_JOB_COLUMNS = (
+    "id, conversation_id, requester_id, requester_name, source_version_id, kind, instruction, state, "
+    "error, created_at, started_at, finished_at, result_version_id, reply_context, attempts"
+)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything needed to (re)build a job's edit request, read in one place."""
+
+    job: Job
+    image_png: bytes
+    settings: EditSettings
+    seed: int
+    #: The source image's BLIP caption when known (skips BLIP).
+    source_caption: str | None
+    #: (before, after) caption overrides, e.g. for stronger/subtler.
+    captions: tuple[tuple[str, ...], tuple[str, ...]] | None
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    """What a finished edit produced, ready to be recorded."""
+
+    image_png: bytes
+    width: int
+    height: int
+    #: BLIP's caption of the edit's input image (the source version).
+    caption: str
+    before_captions: tuple[str, ...]
+    after_captions: tuple[str, ...]
+    #: The serialised inversion of the input image, to cache for the source version.
+    inversion: bytes | None
+    inversion_key: str
+
+
+class Store:
+    """The edit tree, jobs, message links, per-place settings and the inversion cache."""
+
+    def __init__(self, db: Database, inversion_cache_bytes: int) -> None:
+        self.db = db
+        self.inversion_cache_bytes = inversion_cache_bytes
+
+    @classmethod
+    def open(
+        cls, path: str | Path, *, inversion_cache_bytes: int = 512 * 1024 * 1024, busy_timeout_s: float = 10.0
+    ) -> Store:
+        """Open (creating if needed) and migrate the database; ``":memory:"`` works too."""
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(str(path), timeout=busy_timeout_s)
+        db = Database(connection)
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        if str(path) != ":memory:":
+            db.enable_wal()
+        MIGRATIONS.apply(db)
+        return cls(db, inversion_cache_bytes)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- conversations and versions -------------------------------------------------
+
+    def conversation_place(self, conversation_id: str) -> Place:
+        row = self._one(
+            "SELECT transport, guild_id, channel_id, thread_id FROM conversations WHERE id = ?",
+            [conversation_id],
+        )
+        if row is None:
+            raise KeyError(conversation_id)
+        return Place(**row)
+
+    def get_version(self, version_id: str) -> Version | None:
+        row = self._one(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE id = ?", [version_id])
+        return None if row is None else _version(row)
+
+    def image_png(self, version_id: str) -> bytes | None:
+        row = self.db.execute("SELECT image FROM versions WHERE id = ?", [version_id]).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def lineage(self, version_id: str) -> list[Version]:
+        """The version and its ancestors, root first (empty if the version does not exist)."""
+        rows = self.db.query(
+            f"""
+            WITH RECURSIVE lineage(id, parent_id, depth) AS (
+                SELECT id, parent_id, 0 FROM versions WHERE id = :id
+                UNION ALL
+                SELECT versions.id, versions.parent_id, lineage.depth + 1
+                FROM versions JOIN lineage ON versions.id = lineage.parent_id
+            )
+            SELECT {_VERSION_COLUMNS}
+            FROM lineage JOIN versions ON versions.id = lineage.id
+            ORDER BY lineage.depth DESC
+            """,
+            {"id": version_id},
+        )
+        return [_version(row) for row in rows]
+
+    def conversation_versions(self, conversation_id: str) -> list[Version]:
+        """Every version of a conversation in the order they were recorded."""
+        rows = self.db.query(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE conversation_id = ? ORDER BY rowid",
+            [conversation_id],
+        )
+        return [_version(row) for row in rows]
+
+    # --- jobs --------------------------------------------------------------------------
+
+    def add_job(
+        self,
+        *,
+        kind: JobKind,
+        requester: Author,
+        instruction: str,
+        settings: EditSettings,
+        seed: int,
+        reply_context: dict[str, Any],
+        source_version_id: str | None = None,
+        place: Place | None = None,
+        input_png: bytes | None = None,
+        input_size: tuple[int, int] | None = None,
+        captions: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+    ) -> Job:
+        """Record a queued job; a start job (``place`` and ``input_png``) opens a conversation."""
+        now = time.time()
+        with self.db.atomic():
+            if kind == "start":
+                if place is None or input_png is None or input_size is None:
+                    raise ValueError("a start job needs a place and an input image with its size")
+                conversation_id = new_id()
+                self.db["conversations"].insert(
+                    {
+                        "id": conversation_id,
+                        "place_key": place.key,
+                        "transport": place.transport,
+                        "guild_id": place.guild_id,
+                        "channel_id": place.channel_id,
+                        "thread_id": place.thread_id,
+                        "created_at": now,
+                    }
+                )
+            else:
+                source = self.get_version(source_version_id or "")
+                if source is None:
+                    raise ValueError(f"no version {source_version_id!r} to edit")
+                conversation_id = source.conversation_id
+            job_id = new_id()
+            self.db["jobs"].insert(
+                {
+                    "id": job_id,
+                    "conversation_id": conversation_id,
+                    "requester_id": requester.id,
+                    "requester_name": requester.name,
+                    "source_version_id": source_version_id,
+                    "kind": kind,
+                    "instruction": instruction,
+                    "settings": json.dumps(settings.to_dict()),
+                    "seed": seed,
+                    "captions": None if captions is None else json.dumps([list(c) for c in captions]),
+                    "input_image": input_png,
+                    "input_width": input_size[0] if input_size else None,
+                    "input_height": input_size[1] if input_size else None,
+                    "state": "queued",
+                    "created_at": now,
+                    "reply_context": json.dumps(reply_context),
+                }
+            )
+        job = self.get_job(job_id)
+        assert job is not None
+        return job
+
+    def discard_job(self, job_id: str) -> None:
+        """Forget a job the worker refused, with the conversation it alone opened."""
+        with self.db.atomic():
+            row = self._one("SELECT conversation_id, kind FROM jobs WHERE id = ?", [job_id])
+            if row is None:
+                return
+            self.db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+            if row["kind"] == "start":
+                self.db.execute("DELETE FROM conversations WHERE id = ?", [row["conversation_id"]])
+
+    def get_job(self, job_id: str) -> Job | None:
+        row = self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", [job_id])
+        return None if row is None else _job(row)
+
+    def job_spec(self, job_id: str) -> JobSpec:
+        """The job with the image, settings, seed and captions its request is built from."""
+        job = self.get_job(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        row = self._one("SELECT settings, seed, captions, input_image FROM jobs WHERE id = ?", [job_id])
+        assert row is not None
+        if job.kind == "start":
+            image_png, source_caption = bytes(row["input_image"]), None
+        else:
+            assert job.source_version_id is not None
+            image_png = self.image_png(job.source_version_id) or b""
+            source = self.get_version(job.source_version_id)
+            source_caption = source.image_caption if source else None
+        captions = json.loads(row["captions"]) if row["captions"] else None
+        return JobSpec(
+            job=job,
+            image_png=image_png,
+            settings=EditSettings.from_dict(json.loads(row["settings"])),
+            seed=row["seed"],
+            source_caption=source_caption,
+            captions=None if captions is None else (tuple(captions[0]), tuple(captions[1])),
+        )
+
+    def unfinished_jobs(self) -> list[Job]:
+        """Jobs left queued or running (by a crash or a stop), oldest first."""
+        rows = self.db.query(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, rowid"
+        )
+        return [_job(row) for row in rows]
+
+    def mark_running(self, job_id: str) -> None:
+        """The worker started the job: count the attempt before any work is done."""
+        self.db.execute(
+            "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1 "
+            "WHERE id = ? AND state = 'queued'",
+            [time.time(), job_id],
+        )
+
+    def requeue(self, job_id: str, *, refund_attempt: bool) -> None:
+        """Put an unfinished job back in the queue.
+
+        After a shutdown (``refund_attempt``) an interrupted run does not count; after a
+        crash it does, so a job that crashes the bot every time is eventually given up.
+        """
+        self.db.execute(
+            "UPDATE jobs SET state = 'queued', started_at = NULL, "
+            "attempts = CASE WHEN ? AND state = 'running' THEN max(attempts - 1, 0) ELSE attempts END "
+            "WHERE id = ? AND state IN ('queued', 'running')",
+            [refund_attempt, job_id],
+        )
+
+    def finish_job(self, job_id: str, state: str, error: str | None = None) -> Job:
+        """Record a job that ended without a result (failed, cancelled, interrupted)."""
+        if state not in ("failed", "cancelled", "interrupted"):
+            raise ValueError(f"finish_job records failures and cancels, not {state!r}")
+        # A failed start keeps its upload, so nothing the user sent is lost; a cancel drops it.
+        keep_input = state != "cancelled"
+        self.db.execute(
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, "
+            "input_image = CASE WHEN ? THEN input_image END "
+            "WHERE id = ? AND state IN ('queued', 'running')",
+            [state, error, time.time(), keep_input, job_id],
+        )
+        job = self.get_job(job_id)
+        assert job is not None
+        return job
+
+    def record_result(self, job_id: str, outcome: EditOutcome) -> Version:
+        """Write a finished edit in one transaction: its version, the original of a start job,
+        the source's caption and inversion, and the job's final state."""
+        now = time.time()
+        with self.db.atomic():
+            row = self._one(
+                "SELECT kind, conversation_id, requester_id, requester_name, source_version_id, "
+                "instruction, settings, seed, input_image, input_width, input_height, state "
+                "FROM jobs WHERE id = ?",
+                [job_id],
+            )
+            if row is None or row["state"] not in ("queued", "running"):
+                raise ValueError(f"job {job_id!r} is not waiting for a result")
+            if row["kind"] == "start":
+                source_id = new_id()
+                self.db["versions"].insert(
+                    {
+                        "id": source_id,
+                        "conversation_id": row["conversation_id"],
+                        "parent_id": None,
+                        "author_id": row["requester_id"],
+                        "author_name": row["requester_name"],
+                        "image": row["input_image"],
+                        "width": row["input_width"],
+                        "height": row["input_height"],
+                        "image_caption": outcome.caption,
+                        "created_at": now,
+                    }
+                )
+            else:
+                source_id = row["source_version_id"]
+                self.db.execute(
+                    "UPDATE versions SET image_caption = ? WHERE id = ? AND image_caption IS NULL",
+                    [outcome.caption, source_id],
+                )
+            version_id = new_id()
+            self.db["versions"].insert(
+                {
+                    "id": version_id,
+                    "conversation_id": row["conversation_id"],
+                    "parent_id": source_id,
+                    "author_id": row["requester_id"],
+                    "author_name": row["requester_name"],
+                    "instruction": row["instruction"],
+                    "caption": outcome.caption,
+                    "before_captions": json.dumps(list(outcome.before_captions)),
+                    "after_captions": json.dumps(list(outcome.after_captions)),
+                    "settings": row["settings"],
+                    "seed": row["seed"],
+                    "image": outcome.image_png,
+                    "width": outcome.width,
+                    "height": outcome.height,
+                    "created_at": now,
+                }
+            )
+            if outcome.inversion is not None:
+                self._put_inversion(source_id, outcome.inversion_key, outcome.inversion, now)
+            self.db.execute(
+                "UPDATE jobs SET state = 'done', finished_at = ?, result_version_id = ?, "
+                "source_version_id = ?, input_image = NULL, error = NULL WHERE id = ?",
+                [now, version_id, source_id, job_id],
+            )
+        version = self.get_version(version_id)
+        assert version is not None
+        return version
+
+    # --- inversion cache ------------------------------------------------------------------
+
+    def get_inversion(self, version_id: str, key: str) -> bytes | None:
+        """A cached inversion of a version's image, marked as just used."""
+        row = self.db.execute(
+            "SELECT data FROM inversions WHERE version_id = ? AND key = ?", [version_id, key]
+        ).fetchone()
+        if row is None:
+            return None
+        self.db.execute(
+            "UPDATE inversions SET last_used = ? WHERE version_id = ? AND key = ?",
+            [time.time(), version_id, key],
+        )
+        return bytes(row[0])
+
+    def drop_inversion(self, version_id: str, key: str) -> None:
+        """Forget an unreadable cache entry."""
+        self.db.execute("DELETE FROM inversions WHERE version_id = ? AND key = ?", [version_id, key])
+
+    def inversion_cache_size(self) -> int:
+        return self.db.execute("SELECT coalesce(sum(size), 0) FROM inversions").fetchone()[0]
+
+    def _put_inversion(self, version_id: str, key: str, data: bytes, now: float) -> None:
+        self.db["inversions"].upsert(
+            {"version_id": version_id, "key": key, "data": data, "size": len(data), "last_used": now},
+            pk=("version_id", "key"),
+        )
+        self._evict_inversions()
+
+    def _evict_inversions(self) -> None:
+        """Keep the most recently used inversions that fit the byte budget, newest first.
+
+        One entry larger than the whole budget is dropped alone rather than emptying the cache.
+        """
+        kept = 0
+        doomed = []
+        for version_id, key, size in self.db.execute(
+            "SELECT version_id, key, size FROM inversions ORDER BY last_used DESC, rowid DESC"
+        ).fetchall():
+            if kept + size <= self.inversion_cache_bytes:
+                kept += size
+            else:
+                doomed.append((version_id, key))
+        for version_id, key in doomed:
+            self.db.execute("DELETE FROM inversions WHERE version_id = ? AND key = ?", [version_id, key])
+
+    # --- message links ----------------------------------------------------------------
+
+    def link_message(self, transport: str, message_id: str, version_id: str) -> None:
+        self.db["message_links"].upsert(
+            {
+                "transport": transport,
+                "message_id": str(message_id),
+                "version_id": version_id,
+                "created_at": time.time(),
+            },
+            pk=("transport", "message_id"),
+        )
+
+    def version_for_message(self, transport: str, message_id: str) -> Version | None:
+        row = self._one(
+            "SELECT version_id FROM message_links WHERE transport = ? AND message_id = ?",
+            [transport, str(message_id)],
+        )
+        return None if row is None else self.get_version(row["version_id"])
+
+    # --- places ---------------------------------------------------------------------
+
+    def place_settings(self, place: Place) -> dict[str, Any]:
+        """The edit-setting overrides of a place (only the settings that differ)."""
+        return self._place_json(place, "settings")
+
+    def place_options(self, place: Place) -> dict[str, Any]:
+        """Free-form per-place state of the transports (flags, the console's current version)."""
+        return self._place_json(place, "options")
+
+    def update_place(self, place: Place, column: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``changes`` into a place's ``settings`` or ``options``; None removes a key."""
+        if column not in ("settings", "options"):
+            raise ValueError(f"places have no JSON column {column!r}")
+        with self.db.atomic():
+            current = self._place_json(place, column)
+            for name, value in changes.items():
+                if value is None:
+                    current.pop(name, None)
+                else:
+                    current[name] = value
+            self.db.execute(
+                "INSERT INTO places (key, transport, guild_id, channel_id, thread_id) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                [place.key, place.transport, place.guild_id, place.channel_id, place.thread_id],
+            )
+            self.db.execute(f"UPDATE places SET {column} = ? WHERE key = ?", [json.dumps(current), place.key])
+        return current
+
+    def _place_json(self, place: Place, column: str) -> dict[str, Any]:
+        row = self.db.execute(f"SELECT {column} FROM places WHERE key = ?", [place.key]).fetchone()
+        return {} if row is None else json.loads(row[0])
+
+    # --- statistics ----------------------------------------------------------------
+
+    def job_counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+
+    def recent_latencies(self, limit: int = 200) -> list[tuple[float, float]]:
+        """(wait in queue, run time) in seconds of the latest finished edits."""
+        rows = self.db.execute(
+            "SELECT started_at - created_at, finished_at - started_at FROM jobs "
+            "WHERE state = 'done' AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+            [limit],
+        ).fetchall()
+        return [(wait, run) for wait, run in rows]
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _one(self, sql: str, params: list[Any]) -> dict[str, Any] | None:
+        return next(iter(self.db.query(sql, params)), None)
+
+
+def _version(row: dict[str, Any]) -> Version:
+    return Version(
+        id=row["id"],
+        conversation_id=row["conversation_id"],
+        parent_id=row["parent_id"],
+        author_id=row["author_id"],
+        author_name=row["author_name"],
+        instruction=row["instruction"],
+        caption=row["caption"],
+        before_captions=tuple(json.loads(row["before_captions"])),
+        after_captions=tuple(json.loads(row["after_captions"])),
+        settings=EditSettings.from_dict(json.loads(row["settings"])) if row["settings"] else None,
+        seed=row["seed"],
+        width=row["width"],
+        height=row["height"],
+        created_at=row["created_at"],
+        image_caption=row["image_caption"],
+    )
+
+
+def _job(row: dict[str, Any]) -> Job:
+    return Job(
+        id=row["id"],
+        conversation_id=row["conversation_id"],
+        requester_id=row["requester_id"],
+        requester_name=row["requester_name"],
+        source_version_id=row["source_version_id"],
+        kind=row["kind"],
+        instruction=row["instruction"],
+        state=row["state"],
+        error=row["error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        result_version_id=row["result_version_id"],
+        reply_context=json.loads(row["reply_context"]),
+        attempts=row["attempts"],
+    )

@@ -1,0 +1,97 @@
+"""A bot process for the crash-recovery tests, to be killed with SIGKILL mid-edit.
+
+``python -m tests.recovery_helper DB crash-mid-edit`` makes a first version, then asks for
+two edits of it: "add a hat" is held inside the (fake) engine forever, "add a scarf"
+waits behind it. The test kills the process once the database says "add a hat" is running.
+
+``python -m tests.recovery_helper DB resume [--hold INSTRUCTION]`` starts the service on
+the same database, prints one JSON line per job it recovered once that job is over, and
+exits; with ``--hold`` that edit is held again (for a second crash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from editor.types import EditCancelled
+from sessions.errors import UserError
+from sessions.models import Author, Place
+from sessions.service import EditService, Ticket
+from sessions.store import Store
+from tests.fake_editor import TintEditor, tint_service
+
+ANN = Author("1", "Ann")
+BOB = Author("2", "Bob")
+
+
+def picture() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 60, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def crash_mid_edit(service: EditService, editor: TintEditor) -> None:
+    first = await service.start_edit(Place("discord", 1, 2), ANN, picture(), "make it snowy").result()
+    editor.hold("add a hat")
+    hat = service.continue_edit(first.id, ANN, "add a hat", reply_context={"message": 10})
+    async for update in hat.progress():  # running, so the scarf surely waits behind it
+        if update.state == "running":
+            break
+    service.continue_edit(first.id, BOB, "add a scarf", reply_context={"message": 11})
+    await asyncio.Event().wait()  # until killed
+
+
+async def report(ticket: Ticket) -> dict[str, str]:
+    line = {"job": ticket.job_id, "instruction": ticket.job.instruction}
+    try:
+        version = await ticket.result()
+    except EditCancelled:
+        return line | {"outcome": "cancelled"}
+    except UserError as error:
+        return line | {"outcome": type(error).__name__, "message": str(error)}
+    return line | {"outcome": "done", "version": version.id}
+
+
+async def resume(service: EditService) -> None:
+    """Print each recovered job's outcome; a held one keeps this waiting until killed."""
+    recovered: list[Ticket] = []
+
+    async def listener(ticket: Ticket) -> None:
+        recovered.append(ticket)
+
+    service.add_listener(listener)
+    await service.start()
+    for line in await asyncio.gather(*(report(ticket) for ticket in recovered)):
+        print(json.dumps(line), flush=True)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("database", type=Path)
+    parser.add_argument("mode", choices=["crash-mid-edit", "resume"])
+    parser.add_argument("--hold")
+    args = parser.parse_args()
+    store = Store.open(args.database)
+    editor = TintEditor()
+    if args.hold:
+        editor.hold(args.hold)
+    service = tint_service(store, editor)
+    try:
+        if args.mode == "crash-mid-edit":
+            await service.start()
+            await crash_mid_edit(service, editor)
+        else:
+            await resume(service)
+    finally:
+        await service.stop()
+        store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

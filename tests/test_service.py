@@ -1,0 +1,413 @@
+"""The conversation service on a real SQLite file, through the real EditWorker.
+
+The engine is replaced at the edge by ``TintEditor`` (tests/fake_editor.py), which counts
+the BLIP captions and inversions the real engine would have computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from editor.types import EditCancelled
+from sessions.errors import JobFailed, NotAllowed, NotFound, NothingToUndo, Postponed, Rejected, UserError
+from sessions.models import Author, Place, Version
+from sessions.service import EditService, Ticket
+from sessions.store import Store
+from tests.db_checks import database_problems
+from tests.fake_editor import DEFAULTS, TintEditor, tint_service
+
+ANN = Author("1", "Ann")
+BOB = Author("2", "Bob")
+MOD = Author("3", "Mo", is_moderator=True)
+PLACE = Place("discord", 10, 20)
+
+
+def picture(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (200, 120, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def editor() -> TintEditor:
+    return TintEditor()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    opened = Store.open(tmp_path / "bot.db")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+async def service(store: Store, editor: TintEditor) -> AsyncIterator[EditService]:
+    running = tint_service(store, editor)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """Poll state that lives in the database or another thread (nothing to await there)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("timed out waiting")
+
+
+async def first_version(service: EditService, instruction: str = "make it snowy") -> Version:
+    return await service.start_edit(PLACE, ANN, picture(), instruction).result()
+
+
+async def test_a_conversation_starts_continues_undoes_and_shows_its_history(service: EditService) -> None:
+    ticket = service.start_edit(PLACE, ANN, picture(), "  make   it snowy ", reply_context={"channel": 20})
+    assert ticket.job.state == "queued"
+    assert ticket.job.reply_context == {"channel": 20}
+    states = [update.state async for update in ticket.progress()]
+    first = await ticket.result()
+    assert states[-1] == "done"
+    assert "running" in states
+    second = await service.continue_edit(first.id, BOB, "add a red hat").result()
+
+    original = service.undo(first.id)
+    assert original.is_original
+    assert (original.width, original.height) == (32, 24)  # what the engine edits, not the upload
+    assert first.instruction == "make it snowy"
+    assert service.undo(second.id) == service.get_version(first.id)
+    with pytest.raises(NothingToUndo, match="original"):
+        service.undo(original.id)
+    history = service.history(second.id)
+    assert [v.id for v in history] == [original.id, first.id, second.id]
+    assert [v.author_name for v in history] == ["Ann", "Ann", "Bob"]
+    assert second.caption == service.get_version(first.id).image_caption  # how the input was seen
+    assert second.before_captions
+    assert second.after_captions
+    assert "add a red hat" in second.after_captions[0]
+    sheet = Image.open(io.BytesIO(service.contact_sheet(second.id)))
+    assert sheet.format == "PNG"
+    assert 3 * 256 <= sheet.width <= 4 * 300
+    assert 256 <= sheet.height <= 600
+    assert Image.open(io.BytesIO(service.image_png(second.id))).size == (32, 24)
+    job = service.get_job(ticket.job_id)
+    assert (job.state, job.result_version_id) == ("done", first.id)
+
+
+async def test_simultaneous_continues_of_one_version_become_two_branches(
+    service: EditService, editor: TintEditor
+) -> None:
+    first = await first_version(service)
+    editor.hold("add a hat", "add a scarf")
+    ann = service.continue_edit(first.id, ANN, "add a hat")
+    bob = service.continue_edit(first.id, BOB, "add a scarf")
+    editor.release("add a hat")
+    editor.release("add a scarf")
+    left, right = await ann.result(), await bob.result()
+
+    assert left.parent_id == right.parent_id == first.id
+    assert left.id != right.id
+    assert [v.instruction for v in service.conversation_versions(first.conversation_id)] == [
+        None,
+        "make it snowy",
+        "add a hat",
+        "add a scarf",
+    ]
+    assert service.image_png(left.id) != service.image_png(right.id)
+
+
+async def test_retry_stronger_subtler_and_a_second_branch_reuse_the_inversion_and_caption(
+    service: EditService, editor: TintEditor
+) -> None:
+    first = await first_version(service)
+    second = await service.continue_edit(first.id, ANN, "add a red hat").result()
+    assert (editor.inversions, editor.captions) == (2, 2)  # the original, then the first edit's image
+    language_model_calls = editor.language_model_calls
+
+    retried = await service.retry(second.id, BOB).result()
+    stronger = await service.stronger(second.id, BOB).result()
+    subtler = await service.subtler(second.id, ANN).result()
+    branch = await service.continue_edit(first.id, BOB, "add a blue hat").result()
+
+    assert (editor.inversions, editor.captions) == (2, 2)
+    assert {v.parent_id for v in (retried, stronger, subtler)} == {first.id}
+    assert branch.parent_id == first.id
+    assert retried.instruction == stronger.instruction == "add a red hat"
+    assert retried.seed != second.seed
+    assert stronger.seed == subtler.seed == second.seed
+    assert stronger.after_captions == subtler.after_captions == second.after_captions
+    assert stronger.settings == second.settings.scaled(1.5)
+    assert subtler.settings == second.settings.scaled(1 / 1.5)
+    assert editor.language_model_calls == language_model_calls + 2  # retry and the branch only
+
+
+async def test_retry_of_the_original_is_explained(service: EditService) -> None:
+    original = service.undo((await first_version(service)).id)
+    for action in (service.retry, service.stronger, service.subtler):
+        with pytest.raises(UserError, match="original image"):
+            action(original.id, ANN)
+
+
+async def test_bad_input_is_refused_before_queueing_with_the_engines_message(
+    service: EditService, store: Store
+) -> None:
+    with pytest.raises(Rejected, match="couldn't read that file"):
+        service.start_edit(PLACE, ANN, b"not an image", "make it snowy")
+    with pytest.raises(Rejected, match="instruction is empty"):
+        service.start_edit(PLACE, ANN, picture(), "   ")
+    with pytest.raises(Rejected, match="limit is"):
+        service.start_edit(PLACE, ANN, b"\x89PNG" + bytes(300_000), "make it snowy")
+    first = await first_version(service)
+    with pytest.raises(Rejected, match="under 81 characters"):
+        service.continue_edit(first.id, ANN, "x" * 200)
+    with pytest.raises(NotFound):
+        service.continue_edit("nope", ANN, "make it snowy")
+    assert store.job_counts() == {"done": 1}
+
+
+async def test_the_worker_refusing_a_job_leaves_nothing_behind(store: Store, editor: TintEditor) -> None:
+    service = tint_service(store, editor, per_user_cap=1)
+    await service.start()
+    try:
+        editor.hold("make it snowy")
+        held = service.start_edit(PLACE, ANN, picture(), "make it snowy")
+        with pytest.raises(Rejected, match="already have 1 edit"):
+            service.start_edit(PLACE, ANN, picture(), "make it rainy")
+        assert store.job_counts() in ({"queued": 1}, {"running": 1})
+        assert store.db.execute("SELECT count(*) FROM conversations").fetchone()[0] == 1
+        editor.release("make it snowy")
+        await held.result()
+    finally:
+        await service.stop()
+
+
+async def test_a_failed_edit_records_a_readable_error(service: EditService, editor: TintEditor) -> None:
+    editor.failures["make it explode"] = RuntimeError("CUDA error: device-side assert")
+    ticket = service.start_edit(PLACE, ANN, picture(), "make it explode")
+    with pytest.raises(JobFailed, match="Something went wrong") as failure:
+        await ticket.result()
+    assert "CUDA" not in str(failure.value)
+    job = service.get_job(ticket.job_id)
+    assert job.state == "failed"
+    assert job.error == str(failure.value)
+    assert job.finished_at is not None
+
+
+async def test_cancels_touch_only_their_own_job_and_strangers_may_not_cancel(
+    service: EditService, editor: TintEditor
+) -> None:
+    first = await first_version(service)
+    editor.hold("add a hat", "add a scarf")
+    running = service.continue_edit(first.id, ANN, "add a hat")
+    await wait_for(lambda: service.get_job(running.job_id).state == "running")
+    waiting = service.continue_edit(first.id, BOB, "add a scarf")
+
+    with pytest.raises(NotAllowed, match="Only the person who asked"):
+        await service.cancel(waiting.job_id, ANN)
+    assert await service.cancel(waiting.job_id, BOB)
+    with pytest.raises(EditCancelled):
+        await waiting.result()
+    assert service.get_job(running.job_id).state == "running"
+    assert await service.cancel(running.job_id, MOD)  # a moderator may cancel anyone's
+    with pytest.raises(EditCancelled):
+        await running.result()
+    assert service.get_job(running.job_id).state == "cancelled"
+    assert service.get_job(waiting.job_id).state == "cancelled"
+    assert not await service.cancel(waiting.job_id, BOB)  # already over
+    with pytest.raises(NotFound):
+        await service.cancel("nope", BOB)
+    assert [v.id for v in service.conversation_versions(first.conversation_id)][-1] == first.id
+
+
+async def test_results_of_one_conversation_are_recorded_in_the_order_asked(
+    service: EditService, editor: TintEditor
+) -> None:
+    first = await first_version(service)
+    other = await first_version(service, "make it rainy")  # another conversation
+    editor.hold("elsewhere", "add a hat")
+    busy = service.continue_edit(other.id, ANN, "elsewhere")
+    await wait_for(lambda: editor.started == ["make it snowy", "make it rainy", "elsewhere"])
+    asked_first = service.continue_edit(first.id, ANN, "add a hat")  # Ann's second job: next round
+    asked_second = service.continue_edit(first.id, BOB, "add a scarf")  # Bob's first: runs earlier
+    editor.release("elsewhere")
+    await busy.result()
+    states = [update.state async for update in asked_second.progress()]  # to the worker's "done"
+    await asyncio.sleep(0.05)
+    assert states[-1] == "done"
+    assert service.get_job(asked_second.job_id).result_version_id is None  # edited, waiting its turn
+    editor.release("add a hat")
+    hat, scarf = await asyncio.gather(asked_first.result(), asked_second.result())
+
+    assert editor.started[-2:] == ["add a scarf", "add a hat"]  # ran out of order ...
+    versions = service.conversation_versions(first.conversation_id)
+    assert [v.id for v in versions][-2:] == [hat.id, scarf.id]  # ... recorded in order
+    assert hat.created_at <= scarf.created_at
+
+
+async def test_channel_settings_override_the_defaults_and_are_checked(service: EditService) -> None:
+    assert service.channel_settings(PLACE) == DEFAULTS
+    updated = service.update_channel_settings(PLACE, steps=8, guidance_scale=7.5)
+    assert (updated.steps, updated.guidance_scale) == (8, 7.5)
+    first = await first_version(service)
+    assert first.settings == updated
+    assert service.update_channel_settings(PLACE, steps=None).steps == DEFAULTS.steps
+    with pytest.raises(Rejected, match="between 1 and 200"):
+        service.update_channel_settings(PLACE, steps=0)
+    with pytest.raises(Rejected, match="Unknown setting"):
+        service.update_channel_settings(PLACE, colour="red")
+    with pytest.raises(Rejected, match="Unknown prompt template"):
+        service.update_channel_settings(PLACE, template="haiku")
+    assert service.channel_settings(Place("discord", 10, 21)) == DEFAULTS
+    assert service.update_channel_options(PLACE, edit_channel=True) == {"edit_channel": True}
+    assert service.channel_options(PLACE) == {"edit_channel": True}
+
+
+async def test_messages_lead_back_to_their_versions_and_stats_add_up(service: EditService) -> None:
+    first = await first_version(service)
+    service.link_message("discord", 555, first.id)
+    assert service.version_for_message("discord", "555") == first
+    assert service.version_for_message("discord", 556) is None
+    with pytest.raises(NotFound):
+        service.link_message("discord", 557, "nope")
+    stats = service.stats()
+    assert stats["queue_depth"] == 0
+    assert stats["jobs"] == {"done": 1}
+    assert stats["inversion_cache_bytes"] > 0  # the original's inversion
+    assert stats["recent_edits"] == 1
+    assert stats["run_s"]["p50"] >= 0
+
+
+async def test_stop_keeps_unfinished_jobs_queued_and_start_takes_them_up(store: Store) -> None:
+    editor = TintEditor()
+    service = tint_service(store, editor)
+    await service.start()
+    first = await first_version(service)
+    editor.hold("add a hat")
+    running = service.continue_edit(first.id, ANN, "add a hat")
+    await wait_for(lambda: service.get_job(running.job_id).state == "running")
+    waiting = service.continue_edit(first.id, BOB, "add a scarf")
+    await service.stop()
+    for ticket in (running, waiting):
+        with pytest.raises(Postponed, match="saved"):
+            await ticket.result()
+        job = store.get_job(ticket.job_id)
+        assert (job.state, job.attempts) == ("queued", 0)
+
+    recovered: list[Ticket] = []
+
+    async def listener(ticket: Ticket) -> None:
+        recovered.append(ticket)
+
+    again = tint_service(store, TintEditor())
+    again.add_listener(listener)
+    await again.start()
+    try:
+        assert {t.job_id for t in recovered} == {running.job_id, waiting.job_id}
+        assert recovered[0].job.reply_context == {}
+        results = [await t.result() for t in recovered]
+        assert {v.instruction for v in results} == {"add a hat", "add a scarf"}
+        assert store.job_counts() == {"done": 3}
+    finally:
+        await again.stop()
+
+
+async def test_a_job_crashed_in_twice_is_reported_interrupted(store: Store) -> None:
+    job = store.add_job(
+        kind="start",
+        place=PLACE,
+        requester=ANN,
+        instruction="make it snowy",
+        settings=DEFAULTS,
+        seed=1,
+        input_png=picture((32, 24)),
+        input_size=(32, 24),
+        reply_context={"message": 9},
+    )
+    store.mark_running(job.id)
+    store.requeue(job.id, refund_attempt=False)  # the first crash, taken up again
+    store.mark_running(job.id)  # ... and the second crash
+    recovered: list[Ticket] = []
+
+    async def listener(ticket: Ticket) -> None:
+        recovered.append(ticket)
+
+    service = tint_service(store, TintEditor())
+    service.add_listener(listener)
+    await service.start()
+    try:
+        [ticket] = recovered
+        assert ticket.job.reply_context == {"message": 9}
+        assert [update async for update in ticket.progress()] == []
+        with pytest.raises(JobFailed, match="restarted twice"):
+            await ticket.result()
+        assert store.get_job(job.id).state == "interrupted"
+    finally:
+        await service.stop()
+
+
+@st.composite
+def tree_actions(draw: st.DrawFn) -> list[tuple[str, int]]:
+    """("start" | "continue" | "undo-continue", which earlier version) sequences."""
+    count = draw(st.integers(min_value=1, max_value=8))
+    kinds = st.sampled_from(["start", "continue", "continue", "undo-continue"])
+    return [("start", 0)] + [(draw(kinds), draw(st.integers(0, 50))) for _ in range(count)]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=tree_actions())
+def test_any_sequence_of_edits_keeps_a_tree_whose_histories_end_at_their_root(
+    actions: list[tuple[str, int]],
+) -> None:
+    async def scenario() -> None:
+        store = Store.open(":memory:")
+        service = tint_service(store, TintEditor(), per_user_cap=50)
+        await service.start()
+        try:
+            made: list[Version] = []
+            for kind, pick in actions:
+                if kind == "start" or not made:
+                    made.append(await service.start_edit(PLACE, ANN, picture(), "begin").result())
+                    continue
+                source = made[pick % len(made)]
+                if kind == "undo-continue" and not source.is_original:
+                    source = service.undo(source.id)
+                made.append(await service.continue_edit(source.id, BOB, f"step {len(made)}").result())
+            every = made + [service.undo(v.id) for v in made if v.parent_id is not None]
+            for version in every:
+                lineage = service.history(version.id)
+                assert lineage[0].parent_id is None
+                assert lineage[-1].id == version.id
+                assert len({v.id for v in lineage}) == len(lineage)  # acyclic
+                for parent, child in itertools.pairwise(lineage):
+                    assert child.parent_id == parent.id
+                    assert child.conversation_id == parent.conversation_id
+            assert database_problems(store) == []
+        finally:
+            await service.stop()
+            store.close()
+
+    asyncio.run(scenario())
+
+
+async def test_a_long_history_shows_the_original_and_the_latest_steps(
+    service: EditService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sessions.service.CONTACT_SHEET_LIMIT", 3)
+    version = await first_version(service)
+    short = Image.open(io.BytesIO(service.contact_sheet(version.id)))
+    for step in range(3):
+        version = await service.continue_edit(version.id, BOB, f"step {step} " + "word " * 12).result()
+    long = Image.open(io.BytesIO(service.contact_sheet(version.id)))
+
+    assert len(service.history(version.id)) == 5
+    assert long.height == short.height  # one row: three cells of five steps
+    assert long.width == short.width * 3 // 2  # two cells, then three
