@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 #: Stages reported to a :data:`StepCallback`, in the order an edit runs them.
 STAGES = ("caption", "invert", "captions", "reconstruct", "edit", "decode")
 
-#: ``callback(stage, step, total)``; ``step`` counts from 1 to ``total`` within a stage.
+#: ``callback(stage, step, total)``; ``step`` counts up to ``total`` within a stage (0 = started).
 StepCallback = Callable[[str, int, int], None]
 
 

@@ -1,0 +1,136 @@
+"""Full-size random-weight models (SD 1.5, BLIP base, Phi-2 shapes) for timing on a GPU.
+
+Weight values do not change speed, so these give real timings without any download. The
+tokenizers are small made-up vocabularies padded to the real vocabulary sizes, so every id
+the random models emit decodes to something.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+SAVE_DTYPE = torch.float16  # halves what is written; the engine casts to its own dtype
+
+
+def _filler(count: int, prefix: str) -> list[str]:
+    return [f"{prefix}{index}" for index in range(count)]
+
+
+def write_stable_diffusion_15(folder: Path) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)  # the rest are SD 1.5 defaults
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    letters = [chr(c) for c in range(97, 123)]
+    tokens = letters + [c + "</w>" for c in letters]
+    tokens += [*_filler(49406 - len(tokens), "tok"), "<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(
+        vocab={token: index for index, token in enumerate(tokens)}, merges=[("a", "b")], model_max_length=77
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipeline = StableDiffusionPipeline(
+        unet=unet.to(SAVE_DTYPE),
+        vae=vae.to(SAVE_DTYPE),
+        text_encoder=CLIPTextModel(text_config).to(SAVE_DTYPE),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder)
+
+
+def write_blip_base(folder: Path) -> None:
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    config = BlipConfig()  # defaults are BLIP base: ViT-B/16 at 384 px, a 12-layer BERT decoder
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    words += _filler(config.text_config.vocab_size - len(words), "w")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
+    BlipForConditionalGeneration(config).to(SAVE_DTYPE).save_pretrained(folder)
+    image_processor = BlipImageProcessor(size={"height": 384, "width": 384})
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+
+
+def write_phi_2(folder: Path) -> None:
+    from transformers import CodeGenTokenizer, PhiConfig, PhiForCausalLM
+
+    config = PhiConfig(
+        vocab_size=51200,
+        hidden_size=2560,
+        intermediate_size=10240,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        max_position_embeddings=2048,
+        partial_rotary_factor=0.4,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
+    byte_tokens = [chr(c) for c in range(33, 127)] + ["Ġ", "Ċ"]
+    tokens = byte_tokens + _filler(50256 - len(byte_tokens), "t") + ["<|endoftext|>"]
+    tokens += _filler(config.vocab_size - len(tokens), "x")
+    tokenizer = CodeGenTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[("Ġ", "a")])
+    PhiForCausalLM(config).to(SAVE_DTYPE).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def write_full_size_models(folder: Path) -> Path:
+    """Write the three models and ``folder/config.yaml`` (CUDA, float16, 512 px)."""
+    folder = Path(folder)
+    torch.manual_seed(0)
+    write_stable_diffusion_15(folder / "random/stable-diffusion-v1-5")
+    write_blip_base(folder / "random/blip-image-captioning-base")
+    write_phi_2(folder / "random/phi-2")
+    config = {
+        "engine": {
+            "models": {
+                "captioner": "random/blip-image-captioning-base",
+                "language_model": "random/phi-2",
+                "diffusion": "random/stable-diffusion-v1-5",
+            },
+            "resolution": 512,
+        },
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
