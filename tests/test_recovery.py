@@ -51,12 +51,12 @@ def job_row(database: Path, instruction: str) -> tuple[str, int] | None:
         connection.close()
 
 
-def kill_when(process: subprocess.Popen[str], database: Path, instruction: str, row: tuple[str, int]) -> None:
-    """SIGKILL the process as soon as the job is in ``row`` (state, attempts)."""
+def kill_when(process: subprocess.Popen[str], database: Path, rows: dict[str, tuple[str, int]]) -> None:
+    """SIGKILL the process as soon as every job named in ``rows`` is in its (state, attempts)."""
     deadline = time.monotonic() + 60
-    while job_row(database, instruction) != row:
+    while any(job_row(database, instruction) != row for instruction, row in rows.items()):
         assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, f"the job never reached {row}"
+        assert time.monotonic() < deadline, f"the jobs never reached {rows}"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
@@ -79,8 +79,9 @@ def check_consistent(database: Path) -> Store:
 
 def test_a_job_killed_mid_edit_runs_again_and_the_queued_one_follows(tmp_path: Path) -> None:
     database = tmp_path / "bot.db"
-    kill_when(helper(database, "crash-mid-edit"), database, "add a hat", ("running", 1))
-    assert job_row(database, "add a scarf") == ("queued", 0)
+    # The scarf is asked for once the hat runs: kill when both are in the database.
+    in_flight = {"add a hat": ("running", 1), "add a scarf": ("queued", 0)}
+    kill_when(helper(database, "crash-mid-edit"), database, in_flight)
 
     outcomes = resume(database)
 
@@ -103,8 +104,9 @@ def test_a_job_killed_mid_edit_runs_again_and_the_queued_one_follows(tmp_path: P
 
 def test_a_job_that_crashes_the_bot_twice_is_reported_interrupted(tmp_path: Path) -> None:
     database = tmp_path / "bot.db"
-    kill_when(helper(database, "crash-mid-edit"), database, "add a hat", ("running", 1))
-    kill_when(helper(database, "resume", "--hold", "add a hat"), database, "add a hat", ("running", 2))
+    in_flight = {"add a hat": ("running", 1), "add a scarf": ("queued", 0)}
+    kill_when(helper(database, "crash-mid-edit"), database, in_flight)
+    kill_when(helper(database, "resume", "--hold", "add a hat"), database, {"add a hat": ("running", 2)})
 
     outcomes = resume(database)
 
