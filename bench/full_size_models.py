@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from editor.tiny import save_stable_diffusion
+
 SAVE_DTYPE = torch.float16  # halves what is written; the engine casts to its own dtype
 
 
@@ -20,7 +22,7 @@ def _filler(count: int, prefix: str) -> list[str]:
 
 
 def write_stable_diffusion_15(folder: Path) -> None:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)  # the rest are SD 1.5 defaults
@@ -51,25 +53,10 @@ def write_stable_diffusion_15(folder: Path) -> None:
     tokenizer = CLIPTokenizer(
         vocab={token: index for index, token in enumerate(tokens)}, merges=[("a", "b")], model_max_length=77
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
+    text_encoder = CLIPTextModel(text_config)
+    save_stable_diffusion(
+        folder, unet.to(SAVE_DTYPE), vae.to(SAVE_DTYPE), text_encoder.to(SAVE_DTYPE), tokenizer
     )
-    pipeline = StableDiffusionPipeline(
-        unet=unet.to(SAVE_DTYPE),
-        vae=vae.to(SAVE_DTYPE),
-        text_encoder=CLIPTextModel(text_config).to(SAVE_DTYPE),
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(folder)
 
 
 def write_blip_base(folder: Path) -> None:

@@ -8,6 +8,7 @@ them: they are saved with ``save_pretrained`` and loaded back through the same
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -51,7 +52,7 @@ def _clip_text_config():
 
 
 def write_stable_diffusion(folder: Path) -> None:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     unet = UNet2DConditionModel(
@@ -76,6 +77,13 @@ def write_stable_diffusion(folder: Path) -> None:
         norm_num_groups=32,
         sample_size=64,
     )
+    save_stable_diffusion(folder, unet, vae, CLIPTextModel(_clip_text_config()), _clip_tokenizer())
+
+
+def save_stable_diffusion(folder: Path, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any) -> None:
+    """Save SD parts in the hub's pipeline layout, with SD 1.5's DDIM scheduler settings."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -84,17 +92,17 @@ def write_stable_diffusion(folder: Path) -> None:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    pipe = StableDiffusionPipeline(
+    pipeline = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
-        text_encoder=CLIPTextModel(_clip_text_config()),
-        tokenizer=_clip_tokenizer(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(folder)
+    pipeline.save_pretrained(folder)
 
 
 def write_blip(folder: Path) -> None:

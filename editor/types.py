@@ -11,9 +11,11 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
+    import threading
+
     import torch
     from PIL import Image
 
@@ -176,3 +178,15 @@ class EditResult:
         buffer = io.BytesIO()
         self.image.save(buffer, format="PNG")
         return buffer.getvalue()
+
+
+class SupportsEdit(Protocol):
+    """What runs edits: the engine's ``Editor``, or a stand-in in tests and benchmarks."""
+
+    def edit(
+        self,
+        request: EditRequest,
+        *,
+        callback: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult: ...

@@ -24,10 +24,10 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, MutableSequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from editor.config import build
-from editor.types import EditCancelled, EditRequest, EditResult, InvalidInput, StepCallback
+from editor.types import EditCancelled, EditRequest, EditResult, InvalidInput, SupportsEdit
 
 logger = logging.getLogger(__name__)
 
@@ -97,18 +97,6 @@ class EditFailed(Exception):
 
 class WorkerStopped(EditCancelled):
     """The worker stopped before this job could finish; :meth:`EditWorker.stop` listed its id."""
-
-
-class JobEditor(Protocol):
-    """What the worker runs: the engine's ``Editor`` or a stand-in in tests and benchmarks."""
-
-    def edit(
-        self,
-        request: EditRequest,
-        *,
-        callback: StepCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> EditResult: ...
 
 
 @dataclass(frozen=True)
@@ -266,7 +254,7 @@ class EditWorker:
     inspectors from any thread).
     """
 
-    def __init__(self, editor: JobEditor, config: WorkerConfig) -> None:
+    def __init__(self, editor: SupportsEdit, config: WorkerConfig) -> None:
         self._editor = editor
         self._config = config
         self._lock = threading.Lock()

@@ -19,37 +19,24 @@ import io
 import json
 import logging
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from editor.evaluate.dataset import Dataset, DatasetError, Session, Turn
 from editor.evaluate.metrics import Scorer
 from editor.evaluate.strategies import MissingDescription, Strategy
-from editor.types import EditRequest, EditResult, InvalidInput, Inversion, StepCallback
+from editor.types import EditRequest, InvalidInput, Inversion, SupportsEdit
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("single", "multi")
 #: Inversions kept for reuse: one per distinct input image recently edited.
 INVERSION_CACHE_SIZE = 32
-
-
-class EditorLike(Protocol):
-    """What the evaluation needs of :class:`editor.engine.Editor`."""
-
-    def edit(
-        self,
-        request: EditRequest,
-        *,
-        callback: StepCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> EditResult: ...
 
 
 class RunDirConflict(ValueError):
@@ -180,7 +167,7 @@ class Evaluation:
     """Edits and scores the turns of one dataset into one run folder."""
 
     def __init__(
-        self, editor: EditorLike, scorer: Scorer, dataset: Dataset, run_dir: Path, seed: int
+        self, editor: SupportsEdit, scorer: Scorer, dataset: Dataset, run_dir: Path, seed: int
     ) -> None:
         self.editor = editor
         self.scorer = scorer
