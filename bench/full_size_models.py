@@ -48,7 +48,7 @@ def write_stable_diffusion_15(folder: Path) -> None:
         pad_token_id=49407,
     )
     letters = [chr(c) for c in range(97, 123)]
-    tokens = letters + [c + "</w>" for c in letters]
+    tokens = [*letters, *(c + "</w>" for c in letters), "ab"]
     tokens += [*_filler(49406 - len(tokens), "tok"), "<|startoftext|>", "<|endoftext|>"]
     tokenizer = CLIPTokenizer(
         vocab={token: index for index, token in enumerate(tokens)}, merges=[("a", "b")], model_max_length=77
@@ -93,7 +93,7 @@ def write_phi_2(folder: Path) -> None:
         bos_token_id=50256,
         eos_token_id=50256,
     )
-    byte_tokens = [chr(c) for c in range(33, 127)] + ["Ġ", "Ċ"]
+    byte_tokens = [*(chr(c) for c in range(33, 127)), "Ġ", "Ċ", "Ġa"]
     tokens = byte_tokens + _filler(50256 - len(byte_tokens), "t") + ["<|endoftext|>"]
     tokens += _filler(config.vocab_size - len(tokens), "x")
     tokenizer = CodeGenTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[("Ġ", "a")])
