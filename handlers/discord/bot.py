@@ -1,0 +1,163 @@
+"""The Discord bot: a ``commands.Bot`` whose set-up wires buttons, cogs, commands and the service.
+
+``run_discord`` is what the composition root calls. It owns the service's life on this
+event loop: the service starts in ``setup_hook`` (after login, so jobs recovered from a
+crash can report at once) and stops when the bot closes, before the HTTP session does, so
+every waiting requester is told that their edit will run after the restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from editor.config import LimitsConfig, engine_config
+from handlers.discord.cogs import EditCommands, MessageEvents
+from handlers.discord.config import DiscordConfig, OpsConfig, discord_config, ops_config
+from handlers.discord.errors import report
+from handlers.discord.moderation import SafetyChecker
+from handlers.discord.ops import OpsServer
+from handlers.discord.preferences import Preferences
+from handlers.discord.relay import Relay
+from handlers.discord.views import CancelButton, ResultButton
+from sessions.service import EditService
+
+log = logging.getLogger(__name__)
+
+
+class EditBot(commands.Bot):
+    def __init__(
+        self, service: EditService, config: DiscordConfig, ops: OpsConfig, limits: LimitsConfig
+    ) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = config.message_content
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            allowed_mentions=discord.AllowedMentions.none(),
+            help_command=None,
+        )
+        self.service = service
+        self.config = config
+        safety = SafetyChecker(config.safety_model) if config.safety_model else None
+        self.preferences = Preferences(service, config, safety_available=safety is not None)
+        self.relay = Relay(
+            self, service, config=config, limits=limits, preferences=self.preferences, safety=safety
+        )
+        self.ops = OpsServer(ops, service.stats, self._gateway_status) if ops.enabled else None
+        self._service_started = False
+        self._closing = False
+
+    def _gateway_status(self) -> tuple[bool, float | None]:
+        connected = self.is_ready() and not self.is_closed()
+        latency = self.latency if connected and math.isfinite(self.latency) else None
+        return connected, latency
+
+    async def setup_hook(self) -> None:
+        if self.config.message_content:
+            log.info(
+                "message content intent: on (enable it in the developer portal too); "
+                "replies, edit channels and mentions are read"
+            )
+        else:
+            log.info(
+                "message content intent: off; only mentions, DMs, slash commands and the "
+                "'Edit image' menu reach the bot (edit channels need a mention)"
+            )
+        self.add_dynamic_items(ResultButton, CancelButton)
+        await self.add_cog(MessageEvents(self.relay))
+        await self.add_cog(
+            EditCommands(self, self.relay, self.service, self.preferences, self.config.message_content)
+        )
+        self.tree.on_error = self._on_app_command_error
+        if self.config.sync_commands:
+            await self._sync_commands()
+        self.service.add_listener(self.relay.recovered)
+        await self.service.start()
+        self._service_started = True
+        if self.ops is not None:
+            await self.ops.start()
+
+    async def _sync_commands(self) -> None:
+        if not self.config.command_guilds:
+            synced = await self.tree.sync()
+            log.info(
+                "registered %d application commands globally (may take up to an hour to show)", len(synced)
+            )
+            return
+        for guild_id in self.config.command_guilds:
+            guild = discord.Object(id=int(guild_id))
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("registered %d application commands in server %s", len(synced), guild_id)
+
+    async def _on_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        await report(interaction, error)
+
+    async def on_message(self, message: discord.Message) -> None:
+        """Text commands are not used: the ``MessageEvents`` cog reads messages."""
+
+    async def on_ready(self) -> None:
+        assert self.user is not None
+        log.info("connected to Discord as %s (%s) in %d servers", self.user, self.user.id, len(self.guilds))
+
+    async def close(self) -> None:
+        """Stop taking work, tell waiting requesters (the stopped service postpones their jobs), close."""
+        if self._closing:
+            return
+        self._closing = True
+        if self.ops is not None:
+            await self.ops.stop()
+        if self._service_started:
+            await self.service.stop()
+        await self.relay.close()
+        await super().close()
+
+
+async def run_discord(config: dict[str, Any], service: EditService, token: str) -> None:
+    """Run the bot until it is closed (SIGINT/SIGTERM close it cleanly).
+
+    ``config`` is the loaded config file (``editor.config.load_yaml``); the service must not
+    be started yet: the bot starts and stops it. Raises SystemExit with an explanation when
+    Discord refuses the token or the privileged intent.
+    """
+    bot = EditBot(service, discord_config(config), ops_config(config), engine_config(config).limits)
+    async with bot:
+        running = asyncio.create_task(bot.start(token), name="discord-bot")
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # not on Windows
+                loop.add_signal_handler(
+                    signal_number, lambda: asyncio.ensure_future(_shut_down(bot, running))
+                )
+        try:
+            await running
+        except asyncio.CancelledError:
+            if not bot.is_closed():
+                raise
+        except discord.LoginFailure as error:
+            raise SystemExit(
+                "Discord refused the token in DISCORD_TOKEN; check it in the developer portal."
+            ) from error
+        except discord.PrivilegedIntentsRequired as error:
+            raise SystemExit(
+                "Discord refused the message content intent. Enable it for the bot in the developer portal "
+                "(Bot → Privileged Gateway Intents), or set `discord.message_content: false` in config.yaml."
+            ) from error
+
+
+async def _shut_down(bot: EditBot, running: asyncio.Task[None]) -> None:
+    """Close the bot, then stop waiting for it: during an outage discord.py may be sleeping in a
+    reconnect back-off of several minutes, which closing does not interrupt."""
+    await bot.close()
+    running.cancel()

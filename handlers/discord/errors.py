@@ -1,0 +1,92 @@
+"""The one place that turns any error into what the user is told (and what is logged).
+
+Order of the checks in :func:`user_message`, most specific first:
+
+1. ``sessions.errors.UserError`` (not found, not allowed, nothing to undo, rejected, failed,
+   postponed) and the engine's ``InvalidInput``: their message is written for users; shown as is.
+2. ``EditCancelled``: the edit was cancelled.
+3. ``BadRequest`` (this module): a problem with what the user sent, found by the transport.
+4. app-command failures (an option that cannot be converted, missing permissions, server
+   only): what is wrong or missing. A command's own exception is unwrapped and checked again.
+5. ``discord.Forbidden``: the bot lacks a permission in that channel; logged as a warning.
+6. other ``discord.HTTPException``: Discord refused or failed; logged as a warning.
+7. anything else: a bug; logged with its traceback, the user gets an apology.
+
+Every path that answers a user (messages, slash commands, buttons, modals, finished jobs)
+goes through :func:`report`, so the same error always reads the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+
+from editor.types import EditCancelled, InvalidInput
+from sessions.errors import UserError
+
+log = logging.getLogger(__name__)
+
+UNEXPECTED = "Sorry, something went wrong on my side. It was logged; please try again in a moment."
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+#: Permission names as Discord's own settings show them, where they differ from the API's.
+PERMISSION_NAMES = {"manage_guild": "Manage Server", "manage_messages": "Manage Messages"}
+
+
+def _permission_name(permission: str) -> str:
+    return PERMISSION_NAMES.get(permission, permission.replace("_", " ").title())
+
+
+class BadRequest(Exception):
+    """What the user sent cannot be used (not an image, too large, no instruction); says why."""
+
+
+def user_message(error: BaseException) -> str:
+    """The text to show for ``error``; logs what an operator should know (see the module docstring)."""
+    if isinstance(error, app_commands.CommandInvokeError):
+        return user_message(error.original)
+    if isinstance(error, UserError | InvalidInput):
+        return str(error)
+    if isinstance(error, EditCancelled):
+        return "The edit was cancelled."
+    if isinstance(error, BadRequest):
+        return str(error)
+    if isinstance(error, app_commands.MissingPermissions):
+        missing = ", ".join(_permission_name(p) for p in error.missing_permissions)
+        return f"You need the {missing} permission to do that."
+    if isinstance(error, app_commands.TransformerError):
+        return f"`{error.value}` is not a valid value for that option."
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return "That only works in a server, not in direct messages."
+    if isinstance(error, app_commands.CheckFailure):
+        return "You can't use that command here."
+    if isinstance(error, discord.Forbidden):
+        log.warning("Discord refused an action for lack of permission: %s", error)
+        return (
+            "I'm missing a permission in this channel (I need to read messages, send messages, "
+            "attach files and read the message history). Please ask a moderator to check my role."
+        )
+    if isinstance(error, discord.HTTPException):
+        log.warning("Discord answered %s: %s", error.status, error)
+        return "Discord had a problem handling that (it may be busy). Please try again in a moment."
+    log.error("unexpected error", exc_info=error)
+    return UNEXPECTED
+
+
+async def report(target: discord.Interaction | discord.Message, error: BaseException) -> None:
+    """Tell the user about ``error``: privately for interactions, as a reply for messages."""
+    text = "⚠️ " + user_message(error)
+    try:
+        if isinstance(target, discord.Interaction):
+            if target.response.is_done():
+                await target.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            else:
+                await target.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        else:
+            await target.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
+    except discord.HTTPException as failure:
+        # Nothing more can be said to this user; the bot carries on serving everyone else.
+        log.warning("could not report an error to the user (%s): %s", failure, text)

@@ -1,0 +1,125 @@
+"""Buttons and the instruction modal.
+
+Buttons are ``DynamicItem``s: the version or job id lives in the button's ``custom_id``, and
+the classes are registered with ``add_dynamic_items`` at start-up, so a button on a message
+posted before a restart still works. They only parse the id and hand over to the relay.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from handlers.discord.errors import report
+
+if TYPE_CHECKING:
+    from handlers.discord.relay import Relay
+    from sessions.models import Version
+
+PREFIX = "otf"
+_ID = r"[A-Za-z0-9_-]{1,64}"
+ACTIONS = {
+    # action: (label, style)
+    "undo": ("Undo", discord.ButtonStyle.secondary),
+    "retry": ("Retry", discord.ButtonStyle.primary),
+    "stronger": ("Stronger", discord.ButtonStyle.secondary),
+    "subtler": ("Subtler", discord.ButtonStyle.secondary),
+    "captions": ("Captions", discord.ButtonStyle.secondary),
+}
+
+
+def _relay(interaction: discord.Interaction) -> Relay:
+    return interaction.client.relay  # type: ignore[attr-defined]
+
+
+class ResultButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=re.compile(rf"{PREFIX}:(?P<action>{'|'.join(ACTIONS)}):(?P<version_id>{_ID})"),
+):
+    """One of Undo, Retry, Stronger, Subtler, Captions on a result, for the version it shows."""
+
+    def __init__(self, action: str, version_id: str) -> None:
+        label, style = ACTIONS[action]
+        button: discord.ui.Button[Any] = discord.ui.Button(
+            label=label, style=style, custom_id=f"{PREFIX}:{action}:{version_id}"
+        )
+        super().__init__(button)
+        self.action = action
+        self.version_id = version_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ResultButton:
+        return cls(match["action"], match["version_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await _relay(interaction).button(interaction, self.action, self.version_id)
+        except Exception as error:
+            await report(interaction, error)
+
+
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=re.compile(rf"{PREFIX}:cancel:(?P<job_id>{_ID})"),
+):
+    """Cancel on a status message, for the requester and for moderators (Manage Messages)."""
+
+    def __init__(self, job_id: str) -> None:
+        button: discord.ui.Button[Any] = discord.ui.Button(
+            label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"{PREFIX}:cancel:{job_id}"
+        )
+        super().__init__(button)
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> CancelButton:
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await _relay(interaction).cancel(interaction, self.job_id)
+        except Exception as error:
+            await report(interaction, error)
+
+
+def result_view(version: Version) -> discord.ui.View | None:
+    """The buttons under a shown version: edits have all five; an original has none to offer."""
+    if version.is_original:
+        return None
+    view = discord.ui.View(timeout=None)
+    for action in ACTIONS:
+        view.add_item(ResultButton(action, version.id))
+    return view
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+class InstructionModal(discord.ui.Modal, title="Edit image"):
+    """Asks for the instruction after the "Edit image" message menu."""
+
+    def __init__(self, target: discord.Message, max_chars: int) -> None:
+        super().__init__(timeout=600)
+        self.target = target
+        self.instruction: discord.ui.TextInput[InstructionModal] = discord.ui.TextInput(
+            label="What should change?",
+            placeholder="e.g. make it snowy, turn the cat into a dog",
+            min_length=1,
+            max_length=max_chars,
+        )
+        self.add_item(self.instruction)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await _relay(interaction).edit_from_modal(interaction, self.target, self.instruction.value)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        await report(interaction, error)

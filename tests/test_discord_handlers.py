@@ -1,0 +1,418 @@
+"""The Discord front end without the network: texts, throttling, file fitting, config, permissions."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import logging
+import random
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import discord
+import pytest
+from discord import app_commands
+from PIL import Image
+
+from editor.config import ConfigError, LimitsConfig, load_yaml
+from editor.types import EditSettings
+from editor.worker import Progress
+from handlers.discord import render
+from handlers.discord.bot import EditBot
+from handlers.discord.cogs import EditCommands
+from handlers.discord.config import DiscordConfig, OpsConfig, discord_config, ops_config
+from handlers.discord.errors import UNEXPECTED, BadRequest, user_message
+from handlers.discord.moderation import InstructionFilter
+from handlers.discord.ops import prometheus_text
+from handlers.discord.preferences import SERVER_WIDE, Preferences, channel_place
+from handlers.discord.relay import Destination
+from handlers.discord.status import InteractionStatus, StatusUpdater
+from sessions.errors import NotAllowed
+from sessions.models import Place, Version
+from sessions.store import Store
+
+
+def version(**changes: Any) -> Version:
+    values: dict[str, Any] = {
+        "id": "v2",
+        "conversation_id": "c1",
+        "parent_id": "v1",
+        "author_id": "42",
+        "author_name": "Alice",
+        "instruction": "make it *snowy*",
+        "caption": "a photo of a cat",
+        "before_captions": ("a photo of a cat", "a cat on grass"),
+        "after_captions": ("a photo of a cat in snow", "a cat on snow"),
+        "settings": EditSettings(steps=4),
+        "seed": 7,
+        "width": 64,
+        "height": 48,
+        "created_at": 0.0,
+    }
+    values.update(changes)
+    return Version(**values)
+
+
+# --- texts -----------------------------------------------------------------------------------
+
+
+def test_result_text_names_instruction_author_and_reading() -> None:
+    text = render.result_text(version(), note="sent as WebP")
+    lines = text.splitlines()
+    assert lines[0] == "“make it \\*snowy\\*” — asked by <@42>"
+    assert lines[1] == "understood as: a photo of a cat → a photo of a cat in snow"
+    assert lines[2] == "-# sent as WebP"
+
+
+def test_result_text_stays_within_discords_limit() -> None:
+    long = version(instruction="x" * 5000, before_captions=("b" * 3000,), after_captions=("a" * 3000,))
+    assert len(render.result_text(long)) <= render.MAX_CONTENT
+
+
+def test_status_text_for_waiting_and_running_jobs() -> None:
+    assert "next in line" in render.status_text(Progress("j", "queued", queue_position=1), "42", "go")
+    assert "number 3 in the queue" in render.status_text(
+        Progress("j", "queued", queue_position=3), "42", "go"
+    )
+    running = render.status_text(Progress("j", "running", stage="edit", step=2, total=4), "42", "go")
+    assert running.startswith("🎨 <@42> “go” — editing, ")
+    assert running.endswith("%")
+
+
+def test_overall_percent_rises_through_the_stages_from_0_to_100() -> None:
+    stages = ("caption", "invert", "captions", "reconstruct", "edit", "decode")
+    values = [render.overall_percent(stage, step, 4) for stage in stages for step in range(5)]
+    assert values == sorted(values)
+    assert values[0] == 0
+    assert values[-1] == 100
+    assert render.overall_percent("unknown", 1, 2) == 0
+
+
+def test_quote_shortens_and_escapes() -> None:
+    quoted = render.quote("**bold**  and\nlong " + "y" * 300, limit=20)
+    assert quoted.startswith("“\\*\\*bold\\*\\* and long")
+    assert quoted.endswith("…”")
+
+
+def test_history_text_numbers_the_lineage_and_elides_the_middle() -> None:
+    original = version(id="v0", parent_id=None, instruction=None)
+    lineage = [original] + [version(id=f"v{n}", instruction=f"step {n}") for n in range(1, 8)]
+    text = render.history_text(lineage, limit=4)
+    assert "(8 versions)" in text
+    assert "1. original, uploaded by <@42>" in text
+    assert "… 4 earlier versions not shown" in text
+    assert "step 4" not in text
+    assert "5. " not in text
+    assert "6. “step 5” by <@42>" in text
+
+
+def test_captions_embed_lists_both_sides_and_settings() -> None:
+    embed = render.captions_embed(version())
+    fields = {field.name: field.value for field in embed.fields}
+    assert fields["Before"] == "• a photo of a cat\n• a cat on grass"
+    assert "steps 4" in fields["Settings"]
+    assert fields["Seed"] == "7"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "https://discord.com/channels/1/222222222222222222/333333333333333333",
+            (222222222222222222, 333333333333333333),
+        ),
+        (
+            "https://ptb.discord.com/channels/@me/222222222222222222/333333333333333333",
+            (222222222222222222, 333333333333333333),
+        ),
+        (" 333333333333333333 ", (None, 333333333333333333)),
+        ("not a link", None),
+        ("12", None),
+    ],
+)
+def test_message_references_from_links_and_ids(text: str, expected: tuple[int | None, int] | None) -> None:
+    assert render.parse_message_reference(text) == expected
+
+
+def test_the_bot_mention_is_taken_out_of_the_instruction() -> None:
+    assert render.without_bot_mention("<@99>  make it <@!99> blue ", 99) == "make it blue"
+    assert render.without_bot_mention("<@98> hi", 99) == "<@98> hi"
+
+
+# --- fitting results to the upload limit ------------------------------------------------------
+
+
+def noise_png(size: tuple[int, int]) -> bytes:
+    generator = random.Random(0)
+    image = Image.frombytes(
+        "RGB", size, bytes(generator.getrandbits(8) for _ in range(size[0] * size[1] * 3))
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_png_that_fits_is_sent_unchanged() -> None:
+    png = noise_png((32, 32))
+    fitted = render.fit_image(png, len(png), "edit-v1")
+    assert (fitted.data, fitted.filename, fitted.note) == (png, "edit-v1.png", "")
+
+
+def test_a_png_too_large_becomes_webp_then_smaller() -> None:
+    png = noise_png((256, 192))
+    lossy = render.fit_image(png, len(png) - 1, "edit-v1")
+    assert lossy.filename == "edit-v1.webp"
+    assert len(lossy.data) < len(png)
+    assert "WebP" in lossy.note
+    assert "×" not in lossy.note
+    tiny_limit = render.fit_image(png, 6_000, "edit-v1")
+    assert len(tiny_limit.data) <= 6_000
+    with Image.open(io.BytesIO(tiny_limit.data)) as shrunk:
+        assert shrunk.width < 256
+        assert abs(shrunk.width / shrunk.height - 256 / 192) < 0.05
+    assert f"{shrunk.width}×{shrunk.height}" in tiny_limit.note
+
+
+def test_an_impossible_limit_is_an_error() -> None:
+    with pytest.raises(ValueError, match="cannot be made to fit"):
+        render.fit_image(noise_png((128, 128)), 50, "edit-v1")
+
+
+# --- the status updater -------------------------------------------------------------------------
+
+
+class RecordingStatus:
+    message_id = 1
+
+    def __init__(self, fail: bool = False) -> None:
+        self.edits: list[tuple[str, tuple[str, ...] | None]] = []
+        self.fail = fail
+
+    async def edit(self, content: str, view: discord.ui.View | None) -> None:
+        self.edits.append((content, None if view is None else tuple(i.custom_id for i in view.children)))  # type: ignore[attr-defined]
+        if self.fail:
+            raise discord.HTTPException(_Response(500), "boom")
+
+
+class _Response:
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.reason = "error"
+
+
+def view_with(custom_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(discord.ui.Button(label="Cancel", custom_id=custom_id))
+    return view
+
+
+async def test_updates_are_throttled_and_the_latest_wins() -> None:
+    status = RecordingStatus()
+    updater = StatusUpdater(status, interval=0.2)
+    view = view_with("otf:cancel:j1")
+    for step in range(50):
+        updater.show(f"step {step}", view)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    texts = [text for text, _ in status.edits]
+    assert texts[0] == "step 0"
+    assert texts[-1] == "step 49"
+    assert len(texts) <= 5, texts
+    await updater.finish("done")
+    assert status.edits[-1] == ("done", None)
+
+
+async def test_finish_is_immediate_and_nothing_is_sent_twice() -> None:
+    status = RecordingStatus()
+    updater = StatusUpdater(status, interval=10.0)
+    updater.show("queued", view_with("otf:cancel:j1"))
+    await asyncio.sleep(0.05)
+    updater.show("queued", view_with("otf:cancel:j1"))
+    updater.show("running", view_with("otf:cancel:j1"))
+    await updater.finish("cancelled")
+    assert status.edits == [("queued", ("otf:cancel:j1",)), ("cancelled", None)]
+
+
+async def test_a_failing_edit_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    status = RecordingStatus(fail=True)
+    updater = StatusUpdater(status, interval=0.0)
+    with caplog.at_level(logging.WARNING):
+        await updater.finish("done")
+    assert "could not edit status message" in caplog.text
+
+
+class _OldInteraction:
+    """Only what InteractionStatus reads of an interaction: its age and its edit call."""
+
+    def __init__(self, age: datetime.timedelta) -> None:
+        self.created_at = discord.utils.utcnow() - age
+        self.edits: list[str] = []
+
+    async def edit_original_response(self, *, content: str, view: Any, allowed_mentions: Any) -> None:
+        self.edits.append(content)
+
+
+@pytest.mark.parametrize(("age_minutes", "through_token"), [(1, True), (14.5, False)])
+async def test_an_interaction_status_stops_using_its_token_before_it_expires(
+    age_minutes: float, through_token: bool
+) -> None:
+    interaction = _OldInteraction(datetime.timedelta(minutes=age_minutes))
+    fallback = RecordingStatus()
+    status = InteractionStatus(interaction, 1, fallback)  # type: ignore[arg-type]
+    await status.edit("working", None)
+    assert (interaction.edits == ["working"]) is through_token
+    assert (fallback.edits == [("working", None)]) is not through_token
+
+
+# --- errors, moderation, permissions ------------------------------------------------------------
+
+
+def test_user_errors_are_shown_as_written_and_bugs_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    assert user_message(NotAllowed("Only you may.")) == "Only you may."
+    assert user_message(BadRequest("No image.")) == "No image."
+    wrapped = app_commands.CommandInvokeError(SimpleNamespace(name="edit"), BadRequest("No image."))  # type: ignore[arg-type]
+    assert user_message(wrapped) == "No image."
+    assert user_message(app_commands.MissingPermissions(["manage_guild"])) == (
+        "You need the Manage Server permission to do that."
+    )
+    assert "missing a permission" in user_message(discord.Forbidden(_Response(403), "Missing Access"))
+    with caplog.at_level(logging.ERROR):
+        assert user_message(KeyError("oops")) == UNEXPECTED
+    assert "unexpected error" in caplog.text
+
+
+def test_blocked_words_match_whole_words_in_any_case_and_patterns_match_anywhere() -> None:
+    check = InstructionFilter(["blood", " "], [r"\bgore\w*"]).check
+    for refused in ("add BLOOD!", "more Gore", "gorey details"):
+        with pytest.raises(BadRequest, match="moderators have blocked"):
+            check(refused)
+    for allowed in ("bloodhound in the park", "make it blue"):
+        check(allowed)
+
+
+async def test_settings_need_manage_server_and_only_work_in_servers(tmp_path: Path) -> None:
+    """What the tree would register: /settings is for Manage Server and guild-only."""
+    bot = EditBot(_NoService(), DiscordConfig(), OpsConfig(), LimitsConfig())  # type: ignore[arg-type]
+    await bot.add_cog(EditCommands(bot, bot.relay, bot.service, bot.preferences, True))
+    commands = {c.name: c.to_dict(bot.tree) for c in bot.tree.get_commands()}
+    assert set(commands) == {"edit", "history", "help", "settings", "Edit image"}
+    assert commands["settings"]["default_member_permissions"] == discord.Permissions(manage_guild=True).value
+    assert commands["settings"]["dm_permission"] is False
+    assert {o["name"] for o in commands["settings"]["options"]} == {
+        "show",
+        "defaults",
+        "edit_channel",
+        "safety_check",
+    }
+    assert [(o["name"], o["type"]) for o in commands["edit"]["options"]] == [
+        ("image", 11),
+        ("instruction", 3),
+    ]
+    assert commands["Edit image"]["type"] == 3
+    await bot.close()
+
+
+class _NoService:
+    """Enough of the service for building the bot without running it."""
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    async def stop(self) -> None:
+        return None
+
+
+# --- config, places, metrics ----------------------------------------------------------------------
+
+
+def test_config_reads_ids_as_text_and_refuses_mistakes(tmp_path: Path) -> None:
+    config = discord_config(
+        {"discord": {"edit_channels": [123, "456"], "safety_model": "checker"}, "_base_dir": "/x"}
+    )
+    assert config.edit_channels == ("123", "456")
+    assert config.safety_model == "checker"  # not a local folder, so a hub id
+    (tmp_path / "checker").mkdir()
+    local = discord_config({"discord": {"safety_model": "checker"}, "_base_dir": str(tmp_path)})
+    assert local.safety_model == str(tmp_path / "checker")
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        discord_config({"discord": {"blocked_patterns": ["("]}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        discord_config({"discord": {"message_contents": True}})
+    with pytest.raises(ConfigError, match="numbers"):
+        discord_config({"discord": {"edit_channels": ["general"]}})
+    assert ops_config({}) == OpsConfig(enabled=False, host="127.0.0.1", port=9464)
+
+
+def test_the_shipped_config_documents_the_defaults() -> None:
+    data = load_yaml(Path(__file__).resolve().parent.parent / "config.yaml")
+    assert discord_config(data) == DiscordConfig()
+    assert ops_config(data) == OpsConfig()
+
+
+def test_reply_context_round_trips_and_ignores_other_transports() -> None:
+    destination = Destination(channel_id=5, guild_id=None, reply_to=7, status_message_id=None)
+    assert Destination.from_context(destination.to_context()) == destination
+    assert Destination.from_context({"transport": "console", "channel_id": "5"}) is None
+    assert Destination.from_context({}) is None
+
+
+def test_preferences_persist_in_the_store(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "bot.db")
+    try:
+        service_like = _Options(store)
+        config = DiscordConfig(edit_channels=("11",), safety_check=False)
+        preferences = Preferences(service_like, config, safety_available=True)
+        preferences.set_edit_channel(1, 22, True)
+        preferences.set_edit_channel(1, 11, False)  # configured channels stay
+        preferences.set_safety_check(1, True)
+        preferences.remember_latest(channel_place(1, 22), "v9")
+        again = Preferences(service_like, config, safety_available=True)
+        assert again.edit_channels(1) == ("11", "22")
+        assert again.is_edit_channel(1, 22)
+        assert not again.is_edit_channel(2, 22)
+        assert not again.is_edit_channel(None, 11)
+        assert again.safety_check(1) is True
+        assert again.safety_check(2) is False
+        assert again.latest_version(channel_place(1, 22)) == "v9"
+        assert store.place_options(Place("discord", "1", SERVER_WIDE))["edit_channels"] == ["22"]
+        assert Preferences(service_like, config, safety_available=False).safety_check(1) is None
+    finally:
+        store.close()
+
+
+class _Options:
+    """The two service methods Preferences uses, straight onto a real store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def channel_options(self, place: Place) -> dict[str, Any]:
+        return self.store.place_options(place)
+
+    def update_channel_options(self, place: Place, **changes: Any) -> dict[str, Any]:
+        return self.store.update_place(place, "options", changes)
+
+
+def test_metrics_are_prometheus_text() -> None:
+    stats = {
+        "queue_depth": 2,
+        "running_job_id": "j1",
+        "jobs": {"done": 5, "failed": 1},
+        "recent_edits": 5,
+        "wait_s": {"mean": 1.0, "p50": 0.5, "p95": 3.0},
+        "run_s": None,
+    }
+    lines = prometheus_text(stats, connected=True, latency_s=0.05).splitlines()
+    assert "onthefly_up 1" in lines
+    assert "onthefly_queue_depth 2" in lines
+    assert "onthefly_edit_running 1" in lines
+    assert 'onthefly_jobs{state="done"} 5' in lines
+    assert 'onthefly_edit_wait_seconds{quantile="0.95"} 3' in lines
+    assert "onthefly_edit_wait_seconds_sum 5" in lines
+    assert "onthefly_edit_wait_seconds_count 5" in lines
+    assert "onthefly_edit_run_seconds_count 0" in lines
+    assert "onthefly_gateway_latency_seconds 0.05" in lines
+    samples = [line for line in lines if not line.startswith("#")]
+    assert all(len(line.split(" ")) == 2 for line in samples)
