@@ -2,7 +2,8 @@
 
 ``python bot.py --console [--config PATH]`` chats in the terminal; so does ``python bot.py``
 when no ``DISCORD_TOKEN`` is set. With a token, the Discord bot (``handlers/discord``) runs.
-Everything is built here, once, and handed down.
+``python bot.py --check`` validates every section of the config, opens the database, loads
+the models and exits with a verdict. Everything is built here, once, and handed down.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from editor.config import ConfigError, edit_defaults, engine_config, load_yaml
 from editor.worker import EditWorker, worker_config
@@ -34,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--console", action="store_true", help="chat in the terminal even if DISCORD_TOKEN is set"
     )
+    parser.add_argument(
+        "--check", action="store_true", help="validate the config, load the models, report and exit"
+    )
     parser.add_argument("--session", help="console session name (default: the config's console.session)")
     parser.add_argument("--verbose", action="store_true", help="log progress details to stderr")
     return parser.parse_args(argv)
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         data = load_yaml(args.config)
+        check_sections(data)
         engine = engine_config(data)
         defaults = edit_defaults(data)
         storage = storage_config(data)
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as error:
             print(f"Could not load the models: {error}", file=sys.stderr)
             return 1
+        if args.check:
+            return report_check(args.config, editor, storage.database_path, token)
         service = EditService(
             store,
             EditWorker(editor, workers),
@@ -102,6 +110,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         store.close()
+
+
+KNOWN_SECTIONS = ("engine", "edit", "worker", "storage", "console", "discord", "ops", "evaluation")
+
+
+def check_sections(data: dict[str, Any]) -> None:
+    """Every section parses: a typo anywhere is reported now, not when that part first runs."""
+    unknown = sorted(set(data) - {*KNOWN_SECTIONS, "_base_dir"})
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(KNOWN_SECTIONS)}")
+    from editor.evaluate.strategies import evaluation_config
+    from handlers.discord.config import discord_config, ops_config
+
+    discord_config(data)
+    ops_config(data)
+    evaluation_config(data)
+
+
+def report_check(config: Path, editor: Any, database: Path, token: str) -> int:
+    """The verdict of ``--check``: what was loaded, where, and whether a token is set (never its value)."""
+    device = editor.diffusion.device
+    dtype = str(editor.diffusion.dtype).removeprefix("torch.")
+    print(f"OK: {config} is valid; models loaded on {device} ({dtype}); database {database} is ready.")
+    print(f"Prompt templates: {', '.join(editor.template_names)}.")
+    print(
+        "DISCORD_TOKEN is set: `python bot.py` starts the Discord bot."
+        if token
+        else "DISCORD_TOKEN is not set: `python bot.py` starts the console chat."
+    )
+    return 0
 
 
 def _login_name() -> str:

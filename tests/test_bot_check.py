@@ -1,0 +1,50 @@
+"""``python bot.py --check``: the verdict an admin reads before starting the bot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _check(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
+    environment |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(
+        [sys.executable, "bot.py", "--check", "--config", str(config)],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_check_loads_the_models_and_says_which_transport_would_start(tiny_config: Path) -> None:
+    done = _check(tiny_config, DISCORD_TOKEN="secret-token-value")
+    assert done.returncode == 0, done.stderr
+    assert "OK:" in done.stdout
+    assert "models loaded on cpu (float32)" in done.stdout
+    assert "DISCORD_TOKEN is set" in done.stdout
+    assert "secret-token-value" not in done.stdout + done.stderr
+
+
+def test_check_names_the_wrong_key(tmp_path: Path, tiny_config: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(tiny_config.read_text() + "worker:\n  max_qeue: 3\n")
+    done = _check(config)
+    assert done.returncode == 2
+    assert "worker: unknown key(s) max_qeue" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_check_refuses_an_unknown_section(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("engine: {}\ndiscrod: {}\n")
+    done = _check(config)
+    assert done.returncode == 2
+    assert "unknown section(s) discrod" in done.stderr
