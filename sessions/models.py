@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from editor.types import EditSettings
@@ -37,6 +37,11 @@ class Place:
     @classmethod
     def console(cls, session: str) -> Place:
         return cls(transport="console", guild_id=None, channel_id=session)
+
+    @property
+    def parent(self) -> Place | None:
+        """The channel a thread lives in (whose settings the thread inherits); None otherwise."""
+        return None if self.thread_id is None else replace(self, thread_id=None)
 
     @property
     def key(self) -> str:

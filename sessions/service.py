@@ -312,10 +312,17 @@ class EditService:
         self._store.link_message(transport, str(message_id), version_id)
 
     def channel_settings(self, place: Place) -> EditSettings:
-        """The defaults with the place's overrides (unknown old overrides are ignored)."""
+        """The defaults with the place's overrides (unknown old overrides are ignored).
+
+        A thread inherits its channel's overrides and may override them again.
+        """
         known = self._defaults.to_dict()
+        layers = [place] if place.parent is None else [place.parent, place]
         overrides = {
-            name: value for name, value in self._store.place_settings(place).items() if name in known
+            name: value
+            for layer in layers
+            for name, value in self._store.place_settings(layer).items()
+            if name in known
         }
         return self._defaults.replace(**overrides)
 

@@ -271,6 +271,22 @@ async def test_channel_settings_override_the_defaults_and_are_checked(service: E
     assert service.channel_options(PLACE) == {"edit_channel": True}
 
 
+def test_a_thread_inherits_its_channel_settings_and_may_override_them(service: EditService) -> None:
+    thread = Place(PLACE.transport, PLACE.guild_id, PLACE.channel_id, "77")
+    service.update_channel_settings(PLACE, steps=9, guidance_scale=6.0)
+    assert (service.channel_settings(thread).steps, service.channel_settings(thread).guidance_scale) == (
+        9,
+        6.0,
+    )
+    service.update_channel_settings(thread, steps=12)
+    assert (service.channel_settings(thread).steps, service.channel_settings(thread).guidance_scale) == (
+        12,
+        6.0,
+    )
+    assert service.channel_settings(PLACE).steps == 9
+    assert service.update_channel_settings(thread, steps=None).steps == 9  # back to the channel's
+
+
 async def test_messages_lead_back_to_their_versions_and_stats_add_up(service: EditService) -> None:
     first = await first_version(service)
     service.link_message("discord", 555, first.id)
