@@ -7,6 +7,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -31,7 +32,7 @@ def _png(size: tuple[int, int] = (80, 60), color: str = "orange") -> bytes:
 
 
 def _pixels(image: Image.Image) -> torch.Tensor:
-    return torch.tensor(list(image.getdata()), dtype=torch.float32)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32))
 
 
 def test_edit_runs_every_stage_and_counts_the_work(editor: Editor) -> None:
