@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from sessions.models import Version
 
@@ -50,7 +50,8 @@ def draw_contact_sheet(
         top = title_height + (index // columns) * cell_height
         with Image.open(io.BytesIO(png)) as image:
             picture = image.convert("RGB")
-        picture.thumbnail((thumbnail, thumbnail), Image.Resampling.LANCZOS)
+        # Fit the cell both ways: small images are enlarged too, so every step reads alike.
+        picture = ImageOps.contain(picture, (thumbnail, thumbnail), Image.Resampling.LANCZOS)
         sheet.paste(
             picture, (left + (thumbnail - picture.width) // 2, top + (thumbnail - picture.height) // 2)
         )
