@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import io
 import logging
 import os
 import sys
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.console or not token:
             user = console.user or _login_name()
+            if isinstance(sys.stdin, io.TextIOWrapper):
+                sys.stdin.reconfigure(errors="replace")  # a stray non-UTF-8 byte is not the end of the chat
             chat = ConsoleChat(
                 service,
                 session=args.session or console.session,

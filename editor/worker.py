@@ -489,6 +489,9 @@ class EditWorker:
         elapsed = time.perf_counter() - started
         with self._lock:
             self._running = None
+            if state == "done" and job.stop_reason == "cancelled":
+                # cancel() said yes (after the editor's last check): keep its word, drop the result.
+                state, outcome = "cancelled", EditCancelled("The edit was cancelled.")
             if state == "done":
                 self._recent_edit_s.append(elapsed)
             if isinstance(outcome, WorkerStopped):

@@ -10,6 +10,7 @@ Reading from a pipe works: a script can drive it, and end of input ends the chat
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import threading
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,8 @@ from editor.worker import Progress
 from sessions.errors import UserError
 from sessions.models import Author, Place, Version
 from sessions.service import EditService, Ticket
+
+log = logging.getLogger(__name__)
 
 HELP = """\
 Type an instruction (e.g. "make it snowy") to edit the current image, or a command:
@@ -97,6 +100,9 @@ class ConsoleChat:
             line = await lines.get()
             if line is None:
                 return
+            if isinstance(line, Exception):
+                self._say(f"Sorry: I can't read the input any more ({line}), so the chat ends here.")
+                return
             if not line.strip():
                 continue
             try:
@@ -104,20 +110,39 @@ class ConsoleChat:
             except UserError as error:
                 self._say(f"Sorry: {error}")
                 keep_going = True
+            except Exception:  # a bug or a broken disk: log it, keep the chat going
+                log.exception("console command %r failed", line.strip())
+                self._say("Sorry: something went wrong with that. It was logged; please try again.")
+                keep_going = True
             if not keep_going:
                 return
 
     # --- input ----------------------------------------------------------------------
 
-    def _read_lines(self) -> asyncio.Queue[str | None]:
-        """Lines from a daemon thread: a blocked read never holds up shutdown (Ctrl-C)."""
+    def _read_lines(self) -> asyncio.Queue[str | Exception | None]:
+        """Lines from a daemon thread: a blocked read never holds up shutdown (Ctrl-C).
+
+        The queue ends with None (end of input), after an exception if reading failed
+        (bytes that are not text, a closed stream), so the chat never waits for a dead reader.
+        """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        queue: asyncio.Queue[str | Exception | None] = asyncio.Queue()
+
+        def post(item: str | Exception | None) -> bool:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the chat ended and its loop closed while this thread read on
+                return False
+            return True
 
         def read() -> None:
-            for line in iter(self._stdin.readline, ""):
-                loop.call_soon_threadsafe(queue.put_nowait, line)
-            loop.call_soon_threadsafe(queue.put_nowait, None)
+            try:
+                for line in iter(self._stdin.readline, ""):
+                    if not post(line):
+                        return
+            except (OSError, ValueError) as error:
+                post(error)
+            post(None)
 
         threading.Thread(target=read, name="console-input", daemon=True).start()
         return queue
@@ -304,9 +329,14 @@ class ConsoleChat:
 
 def _read_file(name: str) -> tuple[Path, bytes] | str:
     """The file's path and bytes, or a message saying politely why it can't be read."""
-    path = Path(name).expanduser()
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # "~someone/…" for a user this machine doesn't know
+        return f"I can't find the home folder in {name}. Please check the path."
     try:
         return path, path.read_bytes()
+    except ValueError:  # a NUL character in the path
+        return "That path contains a character no file name can have. Please check it."
     except FileNotFoundError:
         return f"I can't find the file {path}. Please check the path."
     except IsADirectoryError:

@@ -163,7 +163,7 @@ class EditService:
     async def start(self) -> None:
         """Start the worker and take up the jobs a crash or a stop left unfinished."""
         await self._worker.start()
-        tickets = [self._recover(job) for job in self._store.unfinished_jobs()]
+        tickets = [self._recover_or_fail(job) for job in self._store.unfinished_jobs()]
         calls = [listener(ticket) for ticket in tickets for listener in self._listeners]
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):
@@ -467,6 +467,15 @@ class EditService:
             self._store.discard_job(job.id)
             raise Rejected(str(error)) from error
         return self._follow(job, handle, request)
+
+    def _recover_or_fail(self, job: Job) -> Ticket:
+        """One unreadable leftover job (say, settings an older version wrote) must not stop the bot."""
+        try:
+            return self._recover(job)
+        except Exception:
+            log.exception("job %s could not be taken up again after a restart", job.id)
+            ended = self._store.finish_job(job.id, "failed", UNEXPECTED_MESSAGE)
+            return self._ended_ticket(ended, JobFailed(UNEXPECTED_MESSAGE))
 
     def _recover(self, job: Job) -> Ticket:
         """Queue a job left over by a crash or stop again, or end it if it keeps crashing."""

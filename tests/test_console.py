@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import os
 import re
 import subprocess
@@ -105,6 +107,46 @@ async def test_a_piped_session_edits_and_uses_every_command(tmp_path: Path, stor
     assert printed.rstrip().endswith("Bye.")
     assert store.job_counts() == {"done": 5}  # nothing after /quit was run
     assert store.place_options(Place.console("console")) == {"current_version": snowy}
+
+
+async def test_unreadable_paths_and_input_get_a_polite_answer_and_no_hang(
+    tmp_path: Path, store: Store
+) -> None:
+    printed = await chat(
+        store, tmp_path / "outputs", "/load ~no-such-user-here/cat.png\n/load a\0b.png\n/help\n"
+    )
+    assert "I can't find the home folder in ~no-such-user-here/cat.png" in printed
+    assert "a character no file name can have" in printed
+    assert "/stronger, /subtler" in printed  # the chat went on
+
+    service = tint_service(store, TintEditor())
+    not_text = io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait\n/help\n"), encoding="utf-8")
+    printed_io = io.StringIO()
+    console = ConsoleChat(
+        service, session="console", author=ANN, outputs=tmp_path, stdin=not_text, stdout=printed_io
+    )
+    await asyncio.wait_for(serve_console(service, console), 10)  # the reader's death ends the chat
+    assert "Sorry: I can't read the input any more ('utf-8' codec can't decode" in printed_io.getvalue()
+
+
+async def test_an_unexpected_error_in_a_command_is_logged_and_the_chat_goes_on(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    picture = write_picture(tmp_path / "cat.png")
+    outputs = tmp_path / "outputs"
+    first = await chat(store, outputs, f"/load {picture} make it snowy\n")
+    [snowy] = done_ids(first)
+
+    def broken(self: ConsoleChat, _: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ConsoleChat, "_history", broken)
+    with caplog.at_level(logging.ERROR, logger="handlers.console"):
+        printed = await chat(store, outputs, "/history\n/goto " + snowy + "\n")
+    assert "Sorry: something went wrong with that" in printed
+    assert "disk full" not in printed
+    assert "disk full" in caplog.text
+    assert f"Now at version {snowy}" in printed
 
 
 async def test_reopening_the_session_continues_where_it_was(tmp_path: Path, store: Store) -> None:

@@ -370,6 +370,40 @@ async def test_a_job_crashed_in_twice_is_reported_interrupted(store: Store) -> N
         await service.stop()
 
 
+async def test_an_unreadable_leftover_job_fails_alone_and_the_bot_still_starts(store: Store) -> None:
+    def leftover(instruction: str) -> str:
+        return store.add_job(
+            kind="start",
+            place=PLACE,
+            requester=ANN,
+            instruction=instruction,
+            settings=DEFAULTS,
+            seed=1,
+            input_png=picture((32, 24)),
+            input_size=(32, 24),
+            reply_context={},
+        ).id
+
+    broken, fine = leftover("make it snowy"), leftover("add a hat")
+    # Settings written by an older version of the bot, with a setting that no longer exists.
+    store.db.execute('UPDATE jobs SET settings = \'{"steps": 4, "retired": 1}\' WHERE id = ?', [broken])
+    recovered: dict[str, Ticket] = {}
+
+    async def listener(ticket: Ticket) -> None:
+        recovered[ticket.job_id] = ticket
+
+    service = tint_service(store, TintEditor())
+    service.add_listener(listener)
+    await service.start()
+    try:
+        with pytest.raises(JobFailed, match="Something went wrong"):
+            await recovered[broken].result()
+        assert store.get_job(broken).state == "failed"
+        assert (await recovered[fine].result()).instruction == "add a hat"
+    finally:
+        await service.stop()
+
+
 @st.composite
 def tree_actions(draw: st.DrawFn) -> list[tuple[str, int]]:
     """("start" | "continue" | "undo-continue", which earlier version) sequences."""

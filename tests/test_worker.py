@@ -259,6 +259,33 @@ async def test_cancelling_the_running_job_lets_the_next_one_run(make_worker, edi
     assert (stats.done, stats.failed, stats.cancelled) == (1, 0, 1)
 
 
+async def test_a_cancel_that_comes_after_the_editors_last_check_still_cancels(make_worker):
+    """cancel() said yes, so the result of an edit that then finishes anyway is dropped."""
+    decoding, cancelled = threading.Event(), threading.Event()
+
+    class DecodesWithoutChecking(StubEditor):
+        def edit(self, request, *, callback=None, cancel=None):
+            decoding.set()
+            assert cancelled.wait(5)  # e.g. the VAE decode after the last step: no cancel check
+            return stub_result(request.instruction)
+
+    worker = EditWorker(DecodesWithoutChecking(), WorkerConfig())
+    await worker.start()
+    try:
+        job = worker.submit("a", "alice", request("a"))
+        await asyncio.to_thread(decoding.wait, 5)
+        assert worker.cancel("a")
+        cancelled.set()
+        with pytest.raises(EditCancelled):
+            await job.result()
+        assert job.latest.state == "cancelled"
+        stats = worker.stats()
+        assert (stats.done, stats.cancelled, stats.recent_edit_s) == (0, 1, ())
+        assert (await worker.submit("b", "bob", request("b")).result()).caption == "b"
+    finally:
+        await worker.stop()
+
+
 async def test_a_job_over_its_time_limit_fails_and_the_next_one_runs(make_worker, editor):
     worker = await make_worker(job_timeout_s=0.05)
     editor.hold("slow")
