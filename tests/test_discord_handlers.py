@@ -7,18 +7,21 @@ import datetime
 import io
 import logging
 import random
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import discord
 import pytest
 from discord import app_commands
 from PIL import Image
 
 from editor.config import ConfigError, LimitsConfig, load_yaml
-from editor.types import EditSettings
+from editor.types import EditCancelled, EditSettings
 from editor.worker import Progress
+from handlers.discord import relay as relay_module
 from handlers.discord import render
 from handlers.discord.bot import EditBot
 from handlers.discord.cogs import EditCommands
@@ -27,10 +30,12 @@ from handlers.discord.errors import UNEXPECTED, BadRequest, user_message
 from handlers.discord.moderation import InstructionFilter
 from handlers.discord.ops import prometheus_text
 from handlers.discord.preferences import SERVER_WIDE, Preferences, channel_place
-from handlers.discord.relay import Destination
+from handlers.discord.relay import REPLY_HINT, Destination, Relay
 from handlers.discord.status import InteractionStatus, StatusUpdater
-from sessions.errors import NotAllowed
+from handlers.discord.views import InstructionModal
+from sessions.errors import NotAllowed, Rejected
 from sessions.models import Place, Version
+from sessions.service import EditService
 from sessions.store import Store
 
 
@@ -416,3 +421,203 @@ def test_metrics_are_prometheus_text() -> None:
     assert "onthefly_gateway_latency_seconds 0.05" in lines
     samples = [line for line in lines if not line.startswith("#")]
     assert all(len(line.split(" ")) == 2 for line in samples)
+
+
+# --- relay and command flows with stand-ins (regressions) -------------------------------------------
+
+
+def _relay(service: Any, **config: Any) -> Relay:
+    channel = SimpleNamespace(get_partial_message=lambda message_id: None)
+    bot = SimpleNamespace(
+        user=SimpleNamespace(id=99),
+        get_guild=lambda guild_id: None,
+        get_partial_messageable=lambda channel_id, guild_id=None: channel,
+    )
+    return Relay(
+        bot,  # type: ignore[arg-type]
+        service,
+        config=DiscordConfig(**config),
+        limits=LimitsConfig(),
+        preferences=None,  # type: ignore[arg-type]
+        safety=None,
+    )
+
+
+class _FakeInteraction:
+    """An interaction whose first response is the status message (id 77) and that records edits."""
+
+    def __init__(self) -> None:
+        self.created_at = discord.utils.utcnow()
+        self.channel_id = 3
+        self.guild_id = 1
+        self.channel = SimpleNamespace(id=3)
+        self.user = SimpleNamespace(id=5, display_name="Bob")
+        self.permissions = discord.Permissions.none()
+        self.edits: list[str] = []
+        self.sent: list[str] = []
+
+        async def send_message(content: str, **kwargs: Any) -> Any:
+            self.sent.append(content)
+            return SimpleNamespace(message_id=77)
+
+        async def defer(**kwargs: Any) -> None:
+            self.sent.append("(thinking)")
+
+        self.response = SimpleNamespace(
+            send_message=send_message, defer=defer, is_done=lambda: bool(self.sent)
+        )
+        self.filesize_limit = 10 * 1024 * 1024
+
+    async def edit_original_response(self, *, content: str, allowed_mentions: Any, **kwargs: Any) -> None:
+        assert allowed_mentions is not None
+        self.edits.append(content)
+
+
+async def test_a_failing_progress_stream_still_ends_with_the_final_status() -> None:
+    class Ticket:
+        job = SimpleNamespace(id="j1", requester_id="42", instruction="make it snowy")
+
+        async def progress(self) -> Any:
+            yield Progress("j1", "queued", queue_position=1)
+            raise RuntimeError("progress broke")
+
+        async def result(self) -> Any:
+            await asyncio.sleep(0.05)
+            raise EditCancelled("cancelled")
+
+    status = RecordingStatus()
+    relay = _relay(None, progress_interval_s=0.0)
+    await relay._follow(Ticket(), status, Destination(3, 1, None, 1))  # type: ignore[arg-type]
+    assert status.edits[-1] == (render.cancelled_text("42", "make it snowy"), None)
+
+
+async def test_a_dropped_connection_does_not_stop_the_status_updates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Flaky(RecordingStatus):
+        async def edit(self, content: str, view: discord.ui.View | None) -> None:
+            await super().edit(content, view)
+            if len(self.edits) == 1:
+                raise aiohttp.ServerDisconnectedError()
+
+    status = Flaky()
+    updater = StatusUpdater(status, interval=0.0)
+    with caplog.at_level(logging.WARNING):
+        updater.show("queued", None)
+        await asyncio.sleep(0.05)
+        updater.show("running", None)
+        await asyncio.sleep(0.05)
+        await updater.finish("done")
+    assert [text for text, _ in status.edits] == ["queued", "running", "done"]
+    assert "could not edit status message" in caplog.text
+
+
+async def test_mentioning_the_bot_in_an_empty_reply_to_a_result_gets_a_hint() -> None:
+    replies: list[str] = []
+
+    async def reply(text: str, **kwargs: Any) -> None:
+        assert kwargs["allowed_mentions"] is not None
+        replies.append(text)
+
+    service = SimpleNamespace(version_for_message=lambda transport, message_id: version())
+    relay = _relay(service)
+    message = SimpleNamespace(
+        author=SimpleNamespace(bot=False, id=5),
+        type=discord.MessageType.reply,
+        content="<@99>",
+        reference=SimpleNamespace(message_id=10, resolved=None),
+        mentions=[relay._bot.user],
+        attachments=[],
+        guild=None,
+        channel=SimpleNamespace(id=3),
+        reply=reply,
+    )
+    await relay.on_message(message)  # type: ignore[arg-type]
+    assert replies == [REPLY_HINT]
+
+
+async def test_a_thread_that_cannot_be_opened_turns_the_status_into_the_reason() -> None:
+    started: list[Any] = []
+    relay = _relay(SimpleNamespace(start_edit=lambda *a, **k: started.append(a)), open_threads=True)
+
+    async def no_thread(interaction: Any, instruction: str) -> None:
+        raise discord.Forbidden(_Response(403), "Missing Permissions")
+
+    relay._thread_for = no_thread  # type: ignore[method-assign]
+    interaction = _FakeInteraction()
+    attachment = SimpleNamespace(id=1)
+    await relay._start_from_interaction(interaction, "make it snowy", attachment=attachment)  # type: ignore[arg-type]
+    assert len(interaction.sent) == 1
+    assert "missing a permission" in interaction.edits[-1]
+    assert not started
+
+
+async def test_settings_reset_with_a_refused_value_changes_nothing(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "bot.db")
+    try:
+        service = EditService(
+            store,
+            None,  # type: ignore[arg-type]
+            EditSettings(),
+            lambda settings: "",
+            check_inputs=lambda request: None,  # type: ignore[arg-type,return-value]
+            templates=(EditSettings().template,),
+        )
+        bot = EditBot(_NoService(), DiscordConfig(), OpsConfig(), LimitsConfig())  # type: ignore[arg-type]
+        cog = EditCommands(bot, bot.relay, service, bot.preferences, True)
+        interaction = _FakeInteraction()
+        place = channel_place(1, 3)
+        service.update_channel_settings(place, steps=7)
+        with pytest.raises(Rejected, match="template"):
+            await cog.settings_defaults.callback(cog, interaction, reset=True, template="no-such")  # type: ignore[arg-type]
+        assert service.channel_settings(place).steps == 7
+        await cog.settings_defaults.callback(cog, interaction, reset=True, strength=1.5)  # type: ignore[arg-type]
+        assert service.channel_settings(place).steps == EditSettings().steps
+        assert service.channel_settings(place).direction_strength == 1.5
+        await bot.close()
+    finally:
+        store.close()
+
+
+async def test_the_instruction_modal_stays_within_discords_text_input_limit() -> None:
+    modal = InstructionModal(None, 10_000)  # type: ignore[arg-type]
+    assert modal.instruction.max_length == 4000
+
+
+async def test_fitting_a_large_result_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    fit = render.fit_image
+
+    def recording_fit(png: bytes, limit: int, stem: str) -> render.FittedImage:
+        threads.append(threading.current_thread().name)
+        return fit(png, limit, stem)
+
+    monkeypatch.setattr(render, "fit_image", recording_fit)
+    png = noise_png((64, 64))
+    assert (await relay_module._fit_image(png, len(png), "s")).data == png
+    assert (await relay_module._fit_image(png, len(png) - 1, "s")).filename == "s.webp"
+    assert threads[0] == threading.main_thread().name
+    assert threads[1] != threading.main_thread().name
+
+
+async def test_history_of_a_result_still_being_linked_waits_for_it() -> None:
+    """A quick /history (or menu) on a result the bot has just posted finds it, not "not a result"."""
+    links: dict[int, Version] = {}
+    service = SimpleNamespace(
+        version_for_message=lambda transport, message_id: links.get(int(message_id)),
+        history=lambda version_id: [version()],
+        contact_sheet=lambda version_id: noise_png((8, 8)),
+    )
+    relay = _relay(service)
+    interaction = _FakeInteraction()
+
+    async def post_and_link() -> None:
+        async with relay._posting_in(interaction.channel_id):
+            await asyncio.sleep(0.1)
+            links[555555555555555555] = version()
+
+    posting = asyncio.create_task(post_and_link())
+    await asyncio.sleep(0)
+    await relay.history(interaction, "555555555555555555")  # type: ignore[arg-type]
+    await posting
+    assert interaction.edits[-1].startswith("🧬 History of this image (1 version)")

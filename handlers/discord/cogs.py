@@ -157,9 +157,10 @@ class EditCommands(commands.Cog):
             raise BadRequest(
                 "Give at least one setting to change, or `reset: True` to go back to the defaults."
             )
-        if reset:
-            self.service.update_channel_settings(place, **dict.fromkeys(changes))
-        settings = self.service.update_channel_settings(place, **chosen)
+        # One update: with reset, a refused value (e.g. an unknown template) must not leave the
+        # channel reset while the user is told that nothing changed.
+        update = {**dict.fromkeys(changes), **chosen} if reset else chosen
+        settings = self.service.update_channel_settings(place, **update)
         summary = render.settings_line(settings)
         await interaction.response.send_message(
             f"⚙️ <@{interaction.user.id}> changed the settings of this channel: {summary}",

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: How long a reply to a message the bot is still posting waits for it to be linked.
 LINK_WAIT_S = 10.0
+#: The same wait for an interaction, which must be answered within 3 s.
+INTERACTION_LINK_WAIT_S = 2.0
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 UNDO_WORDS = frozenset({"undo", "go back", "back", "revert"})
 #: Thread names are limited to 100 characters by Discord.
@@ -49,6 +51,10 @@ CHECK_FAILED = "the result was withheld because the safety check could not run. 
 NO_INSTRUCTION = (
     "What should I change? Send the image again with an instruction in the same message, "
     "e.g. *make it snowy*."
+)
+REPLY_HINT = (
+    "What should I change? Reply to the result again with an instruction, e.g. *make it snowy*, "
+    "or `undo` to go back a step."
 )
 MENTION_HINT = (
     "Attach an image and tell me what to change (e.g. *make it snowy*), or reply to one of my "
@@ -211,16 +217,23 @@ class Relay:
         reference = message.reference
         if reference is None or reference.message_id is None:
             return None
-        version = self._service.version_for_message(TRANSPORT, reference.message_id)
         resolved = reference.resolved
         ours = isinstance(resolved, discord.Message) and resolved.author == self._bot.user
-        if version is None and ours and message.channel.id in self._posting:
+        return await self._linked_version(
+            message.channel.id if ours else None, reference.message_id, LINK_WAIT_S
+        )
+
+    async def _linked_version(self, channel_id: int | None, message_id: int, wait_s: float) -> Version | None:
+        """The version a message shows; while the bot is still posting in ``channel_id`` (None:
+        don't wait), waits up to ``wait_s`` for those messages to be linked to their versions."""
+        version = self._service.version_for_message(TRANSPORT, message_id)
+        if version is None and channel_id is not None and channel_id in self._posting:
             async with self._posted:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
-                        self._posted.wait_for(lambda: message.channel.id not in self._posting), LINK_WAIT_S
+                        self._posted.wait_for(lambda: channel_id not in self._posting), wait_s
                     )
-            version = self._service.version_for_message(TRANSPORT, reference.message_id)
+            version = self._service.version_for_message(TRANSPORT, message_id)
         return version
 
     async def on_message(self, message: discord.Message) -> None:
@@ -238,8 +251,10 @@ class Relay:
                     await self._undo_from_message(message, replied_version)
                 else:
                     await self._continue_from_message(message, replied_version, text)
-            elif self._bot.user in message.mentions and replied_version is None:
-                await message.reply(MENTION_HINT, mention_author=False, allowed_mentions=NO_MENTIONS)
+            elif self._bot.user in message.mentions:
+                # A mention with nothing to do: say how (a reply to a result needs an instruction).
+                hint = MENTION_HINT if replied_version is None else REPLY_HINT
+                await message.reply(hint, mention_author=False, allowed_mentions=NO_MENTIONS)
         except Exception as error:
             await report(message, error)
 
@@ -336,7 +351,7 @@ class Relay:
 
     async def open_modal(self, interaction: discord.Interaction, target: discord.Message) -> None:
         """The "Edit image" menu: ask for the instruction (a result of ours, or a message with an image)."""
-        is_result = self._service.version_for_message(TRANSPORT, target.id) is not None
+        is_result = await self._target_version(target) is not None
         if not is_result:
             if not target.attachments:
                 raise BadRequest("That message has no image I can edit.")
@@ -345,11 +360,18 @@ class Relay:
             )
         await interaction.response.send_modal(InstructionModal(target, self._limits.max_instruction_chars))
 
+    async def _target_version(self, target: discord.Message) -> Version | None:
+        """The version a context-menu target shows (a result the bot is still linking counts)."""
+        ours = self._bot.user is not None and target.author.id == self._bot.user.id
+        return await self._linked_version(
+            target.channel.id if ours else None, target.id, INTERACTION_LINK_WAIT_S
+        )
+
     async def edit_from_modal(
         self, interaction: discord.Interaction, target: discord.Message, text: str
     ) -> None:
         instruction = self._check_instruction(text)
-        version = self._service.version_for_message(TRANSPORT, target.id)
+        version = await self._target_version(target)
         if version is not None:
             author = self.author_of_interaction(interaction)
             status = await self._respond_received(interaction, author, instruction)
@@ -377,7 +399,12 @@ class Relay:
         status = await self._respond_received(interaction, author, instruction)
         destination = self._interaction_destination(interaction, status)
         place = place_of(interaction.channel, interaction.guild_id)
-        thread = await self._thread_for(interaction, instruction)
+        try:
+            thread = await self._thread_for(interaction, instruction)
+        except discord.HTTPException as error:
+            # The status message is already shown: it says why instead of staying "received".
+            await status.edit(render.failed_text(author.id, instruction, user_message(error)), None)
+            return
         if thread is not None:
             destination = Destination(thread.id, interaction.guild_id, None, status.message_id)
             place = place_of(thread, interaction.guild_id)
@@ -407,7 +434,7 @@ class Relay:
             parent = self._service.undo(version_id)
             await interaction.response.defer(thinking=True)
             text = render.undo_text(parent, version, author.id)
-            fitted = render.fit_image(
+            fitted = await _fit_image(
                 self._service.image_png(parent.id), interaction.filesize_limit, parent.id
             )
             assert interaction.channel_id is not None
@@ -450,7 +477,9 @@ class Relay:
                 raise BadRequest(
                     "That isn't a message link or id. Right-click one of my results → Copy Message Link."
                 )
-            version = self._service.version_for_message(TRANSPORT, parsed[1])
+            # A result posted a moment ago may not be linked yet: wait briefly for it.
+            channel_id = parsed[0] or interaction.channel_id
+            version = await self._linked_version(channel_id, parsed[1], INTERACTION_LINK_WAIT_S)
             if version is None:
                 raise BadRequest("That message isn't one of my results, so it has no history here.")
         else:
@@ -466,7 +495,7 @@ class Relay:
         await interaction.response.defer(thinking=True)
         lineage = self._service.history(version.id)
         sheet = self._service.contact_sheet(version.id)
-        fitted = render.fit_image(sheet, interaction.filesize_limit, f"history-{version.id}")
+        fitted = await _fit_image(sheet, interaction.filesize_limit, f"history-{version.id}")
         text = render.history_text(lineage, self._config.history_limit)
         await interaction.edit_original_response(
             content=_with_note(text, fitted.note),
@@ -531,8 +560,13 @@ class Relay:
         finally:
             if watcher is not None:
                 watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await watcher
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    # Progress is a courtesy: the final text below must still be shown.
+                    log.exception("following the progress of job %s failed", job.id)
         if has_status:
             await updater.finish(final)
 
@@ -585,13 +619,13 @@ class Relay:
         limit = self._channel_upload_limit(destination.guild_id)
         stem = f"edit-{version.id}"
         async with self._posting_in(destination.channel_id):
-            fitted = render.fit_image(png, limit, stem)
+            fitted = await _fit_image(png, limit, stem)
             try:
                 message = await self._send_file(channel, reference, fitted, version, text_for)
             except discord.HTTPException as error:
                 if error.status != 413:
                     raise
-                fitted = render.fit_image(png, len(fitted.data) // 2, stem)
+                fitted = await _fit_image(png, len(fitted.data) // 2, stem)
                 message = await self._send_file(channel, reference, fitted, version, text_for)
             self._service.link_message(TRANSPORT, message.id, version.id)
         return message
@@ -622,6 +656,13 @@ class Relay:
                 await asyncio.wait(pending)
         if self._safety is not None:
             self._safety.close()
+
+
+async def _fit_image(png: bytes, limit: int, stem: str) -> render.FittedImage:
+    """``render.fit_image``, on a thread when it has to re-encode (seconds for a large image)."""
+    if len(png) <= limit:
+        return render.fit_image(png, limit, stem)
+    return await asyncio.to_thread(render.fit_image, png, limit, stem)
 
 
 def _with_note(text: str, note: str) -> str:

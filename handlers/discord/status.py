@@ -125,9 +125,11 @@ class StatusUpdater:
                 return
             try:
                 await self._message.edit(text, view)
-            except discord.HTTPException as error:
+            except Exception as error:
                 # A lost status edit is not worth failing the job: the next one or the result follows.
-                log.warning("could not edit status message %s: %s", self._message.message_id, error)
+                # Not only Discord's refusals: a dropped connection (aiohttp) must not end the
+                # updater, or the job's final text would never be shown.
+                log.warning("could not edit status message %s: %r", self._message.message_id, error)
             self._sent_text, self._sent_view = text, view_key
             self._sent_at = self._clock()
             self.edits += 1

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from sessions.models import Version
 
 PREFIX = "otf"
+#: Discord refuses a modal whose text input allows more than this many characters.
+MAX_TEXT_INPUT = 4000
 _ID = r"[A-Za-z0-9_-]{1,64}"
 ACTIONS = {
     # action: (label, style)
@@ -114,7 +116,7 @@ class InstructionModal(discord.ui.Modal, title="Edit image"):
             label="What should change?",
             placeholder="e.g. make it snowy, turn the cat into a dog",
             min_length=1,
-            max_length=max_chars,
+            max_length=min(max_chars, MAX_TEXT_INPUT),
         )
         self.add_item(self.instruction)
 
