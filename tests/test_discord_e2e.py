@@ -269,7 +269,9 @@ async def test_cancel_queued_jobs_and_the_per_user_cap(world: World) -> None:
     def has_cancel(status: dict[str, Any]) -> Any:
         return lambda m: m["id"] == status["id"] and "Cancel" in buttons(m)
 
-    queued = [await fake.wait_for_message(has_cancel(s), 30, kinds=("edit",)) for s in statuses[1:3]]
+    queued = [
+        await fake.wait_for_message(has_cancel(s), RESULT_TIMEOUT, kinds=("edit",)) for s in statuses[1:3]
+    ]
     not_allowed = await fake.click("bob", queued[0], buttons(queued[0])["Cancel"])
     refusal = await fake.wait_for_message(
         lambda m: (m.get("interaction_metadata") or {}).get("id") == not_allowed["id"]
@@ -296,7 +298,7 @@ async def test_slash_command_edit(world: World) -> None:
     status = await world.interaction_status(interaction)
     result = await fake.wait_for_message(is_attachment_reply(status["id"]), RESULT_TIMEOUT)
     assert "“make it green”" in result["content"]
-    await fake.wait_for_message(status_final(status["id"], "✅"), 30, kinds=("edit",))
+    await fake.wait_for_message(status_final(status["id"], "✅"), RESULT_TIMEOUT, kinds=("edit",))
 
 
 async def test_context_menu_opens_a_modal_and_edits_the_image(world: World) -> None:
