@@ -287,6 +287,10 @@ class EditService:
         self.get_version(version_id)
         return self._store.lineage(version_id)
 
+    def place_of(self, version: Version) -> Place:
+        """Where a version's conversation lives, so a transport can keep it within its server."""
+        return self._store.conversation_place(version.conversation_id)
+
     def conversation_versions(self, conversation_id: str) -> list[Version]:
         """Every version of a conversation (all branches) in the order they were made."""
         return self._store.conversation_versions(conversation_id)

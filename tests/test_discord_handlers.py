@@ -607,6 +607,7 @@ async def test_history_of_a_result_still_being_linked_waits_for_it() -> None:
         version_for_message=lambda transport, message_id: links.get(int(message_id)),
         history=lambda version_id: [version()],
         contact_sheet=lambda version_id: noise_png((8, 8)),
+        place_of=lambda version: channel_place(1, 3),
     )
     relay = _relay(service)
     interaction = _FakeInteraction()
@@ -621,3 +622,18 @@ async def test_history_of_a_result_still_being_linked_waits_for_it() -> None:
     await relay.history(interaction, "555555555555555555")  # type: ignore[arg-type]
     await posting
     assert interaction.edits[-1].startswith("🧬 History of this image (1 version)")
+
+
+async def test_history_of_a_result_from_another_server_is_refused() -> None:
+    """A message link from another server (or a DM) must not show that lineage here."""
+    service = SimpleNamespace(
+        version_for_message=lambda transport, message_id: version(),
+        history=lambda version_id: [version()],
+        contact_sheet=lambda version_id: noise_png((8, 8)),
+        place_of=lambda version: channel_place(99, 4),
+    )
+    relay = _relay(service)
+    interaction = _FakeInteraction()
+    with pytest.raises(BadRequest, match="another server"):
+        await relay.history(interaction, "555555555555555555")  # type: ignore[arg-type]
+    assert interaction.edits == []

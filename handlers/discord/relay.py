@@ -492,6 +492,11 @@ class Relay:
                     "There are no edits in this channel yet. Give `/history` a link to a result."
                 )
             version = self._service.get_version(latest)
+        guild_id = None if interaction.guild_id is None else str(interaction.guild_id)
+        if self._service.place_of(version).guild_id != guild_id:
+            raise BadRequest(
+                "That result belongs to another server or a private chat, so I won't show it here."
+            )
         await interaction.response.defer(thinking=True)
         lineage = self._service.history(version.id)
         sheet = self._service.contact_sheet(version.id)
