@@ -480,7 +480,7 @@ class EditWorker:
         timer.start()
         try:
             result = self._editor.edit(job.request, callback=report, cancel=job.cancel_event)
-        except Exception as error:
+        except BaseException as error:  # even SystemExit from a library fails only this job
             state, outcome = self._failure(job, error)
         else:
             state, outcome = "done", result
@@ -503,7 +503,7 @@ class EditWorker:
             if job is self._running:
                 job.request_stop("timeout")
 
-    def _failure(self, job: _Job, error: Exception) -> tuple[ProgressState, BaseException]:
+    def _failure(self, job: _Job, error: BaseException) -> tuple[ProgressState, BaseException]:
         """Turn whatever the editor raised into what the requester is told."""
         if isinstance(error, EditCancelled):
             if job.stop_reason == "timeout":

@@ -57,7 +57,7 @@ class StubEditor:
         self.steps = steps
         self.busy_s = busy_s
         self.started: list[str] = []
-        self.failures: dict[str, Exception] = {}
+        self.failures: dict[str, BaseException] = {}
         self._gates: dict[str, threading.Event] = {}
 
     def hold(self, *names: str) -> None:
@@ -313,6 +313,16 @@ async def test_an_unexpected_error_is_logged_and_reported_politely(make_worker, 
     assert "internal detail" in caplog.text
     assert (await after.result()).caption == "after"
     assert worker.stats().failed == 1
+
+
+async def test_a_system_exit_inside_the_editor_fails_only_that_job(make_worker, editor):
+    worker = await make_worker()
+    editor.failures["exits"] = SystemExit(3)
+    exits = worker.submit("exits", "alice", request("exits"))
+    after = worker.submit("after", "alice", request("after"))
+    with pytest.raises(EditFailed):
+        await exits.result()
+    assert (await after.result()).caption == "after"
 
 
 async def test_invalid_input_passes_its_message_through(make_worker, editor):
