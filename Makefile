@@ -16,19 +16,20 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 run: $(VENV)/.installed
 	$(PY) bot.py --config $(CONFIG)
 
-## Lint, format check and the whole test suite, offline on tiny models.
+## Lint (with the layering bans), format check, type check and the whole test suite, offline on tiny models.
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 format: $(VENV)/.installed
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## Tiny random-weight models and a config for them in var/tiny (offline runs).
+## Tiny random-weight models (engine + the evaluation's CLIP/DINO) and a config for them in var/tiny.
 tiny: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m editor tiny-models var/tiny
+	HF_HUB_OFFLINE=1 $(PY) -m evaluation tiny-models var/tiny
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -3,7 +3,8 @@
 ``python bot.py --console [--config PATH]`` chats in the terminal; so does ``python bot.py``
 when no ``DISCORD_TOKEN`` is set. With a token, the Discord bot (``handlers/discord``) runs.
 ``python bot.py --check`` validates every section of the config, opens the database, loads
-the models and exits with a verdict. Everything is built here, once, and handed down.
+the models and exits with a verdict. The config is read here, once; ``sessions.compose`` builds
+the parts, and they are handed down.
 """
 
 from __future__ import annotations
@@ -15,16 +16,12 @@ import io
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from editor.config import ConfigError, edit_defaults, engine_config, load_yaml
-from editor.worker import EditWorker, worker_config
 from handlers.console import ConsoleChat, serve_console
-from sessions.config import console_config, storage_config
-from sessions.models import Author
-from sessions.service import EditService
-from sessions.store import Store
+from sessions import App, AppConfig, Author, ConfigError, compose, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
@@ -52,91 +49,65 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        data = load_yaml(args.config)
-        check_sections(data)
-        engine = engine_config(data)
-        defaults = edit_defaults(data)
-        storage = storage_config(data)
-        workers = worker_config(data)
-        console = console_config(data)
+        config = load_config(args.config)
     except ConfigError as error:
         print(f"Config problem: {error}", file=sys.stderr)
         return 2
     token = os.environ.get("DISCORD_TOKEN", "").strip()
 
-    store = Store.open(
-        storage.database_path,
-        inversion_cache_bytes=storage.inversion_cache_bytes,
-        busy_timeout_s=storage.busy_timeout_s,
-    )
+    print("Loading the models…", flush=True)
     try:
-        print("Loading the models…", flush=True)
-        from editor.engine import Editor  # torch and the models: only once the config is known good
-
-        try:
-            editor = Editor.load(engine, defaults)
-        except (OSError, ValueError) as error:
-            print(f"Could not load the models: {error}", file=sys.stderr)
-            return 1
+        app = compose(config)
+    except (OSError, ValueError) as error:
+        print(f"Could not load the models: {error}", file=sys.stderr)
+        return 1
+    try:
         if args.check:
-            return report_check(args.config, editor, storage.database_path, token)
-        service = EditService(
-            store,
-            EditWorker(editor, workers),
-            editor.defaults,
-            editor.inversion_key,
-            check_inputs=editor.check_inputs,
-            templates=editor.template_names,
-        )
-        if args.console or not token:
-            user = console.user or _login_name()
-            if isinstance(sys.stdin, io.TextIOWrapper):
-                sys.stdin.reconfigure(errors="replace")  # a stray non-UTF-8 byte is not the end of the chat
-            chat = ConsoleChat(
-                service,
-                session=args.session or console.session,
-                author=Author(id=f"console:{user}", name=user),
-                outputs=storage.outputs_path,
-                stdin=sys.stdin,
-                stdout=sys.stdout,
-            )
-            transport = serve_console(service, chat)
-        else:
-            from handlers.discord.bot import run_discord  # discord.py only for the Discord transport
-
-            transport = run_discord(data, service, token)
+            return report_check(app, token)
         try:
-            asyncio.run(transport)
+            asyncio.run(_transport(app, args, token))
         except KeyboardInterrupt:
             print("\nStopped; unfinished edits will continue next time.", flush=True)
             return 130
         return 0
     finally:
-        store.close()
+        app.close()
 
 
-KNOWN_SECTIONS = ("engine", "edit", "worker", "storage", "console", "discord", "ops", "evaluation")
+def _transport(app: App, args: argparse.Namespace, token: str) -> Coroutine[Any, Any, None]:
+    """The console chat without a token (or with ``--console``), the Discord bot otherwise."""
+    if args.console or not token:
+        user = app.config.console.user or _login_name()
+        if isinstance(sys.stdin, io.TextIOWrapper):
+            sys.stdin.reconfigure(errors="replace")  # a stray non-UTF-8 byte is not the end of the chat
+        chat = ConsoleChat(
+            app.service,
+            session=args.session or app.config.console.session,
+            author=Author(id=f"console:{user}", name=user),
+            outputs=app.config.storage.outputs_path,
+            stdin=sys.stdin,
+            stdout=sys.stdout,
+        )
+        return serve_console(app.service, chat)
+    from handlers.discord.bot import run_discord  # discord.py only for the Discord transport
+
+    return run_discord(app.config, app.service, token)
 
 
-def check_sections(data: dict[str, Any]) -> None:
-    """Every section parses: a typo anywhere is reported now, not when that part first runs."""
-    unknown = sorted(set(data) - {*KNOWN_SECTIONS, "_base_dir"})
-    if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(KNOWN_SECTIONS)}")
-    from editor.evaluate.strategies import evaluation_config
-    from handlers.discord.config import discord_config, ops_config
-
-    discord_config(data)
-    ops_config(data)
-    evaluation_config(data)
-
-
-def report_check(config: Path, editor: Any, database: Path, token: str) -> int:
+def report_check(app: App, token: str) -> int:
     """The verdict of ``--check``: what was loaded, where, and whether a token is set (never its value)."""
-    device = editor.diffusion.device
-    dtype = str(editor.diffusion.dtype).removeprefix("torch.")
-    print(f"OK: {config} is valid; models loaded on {device} ({dtype}); database {database} is ready.")
-    print(f"Prompt templates: {', '.join(editor.template_names)}.")
+    from editor.engine import Editor  # already imported by compose: the models are loaded
+
+    config: AppConfig = app.config
+    loaded = app.editor
+    assert isinstance(loaded, Editor), "--check reports on the real engine"
+    device = loaded.diffusion.device
+    dtype = str(loaded.diffusion.dtype).removeprefix("torch.")
+    print(
+        f"OK: {config.path} is valid; models loaded on {device} ({dtype}); "
+        f"database {config.storage.database_path} is ready."
+    )
+    print(f"Prompt templates: {', '.join(app.service.templates)}.")
     print(
         "DISCORD_TOKEN is set: `python bot.py` starts the Discord bot."
         if token

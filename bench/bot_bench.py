@@ -3,8 +3,9 @@
 The bot runs as its own process against the fake Discord of the tests (real discord.py,
 real HTTP and websocket on 127.0.0.1). Two editors:
 
-* ``stub``: the tests' tint editor (a few milliseconds per step) behind the real service
-  and worker, so the numbers are the bot's own overhead and the queue;
+* ``stub``: the tests' stand-in editor (a few milliseconds per step) behind the real service
+  and worker, composed as ``bot.py`` composes them, so the numbers are the bot's own overhead
+  and the queue;
 * ``tiny``: the real ``bot.py`` with the tiny random-weight models (every pipeline stage
   runs; CPU, one thread).
 
@@ -25,15 +26,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.fake_discord import FakeDiscord  # noqa: E402  (needs the repository root on the path)
-from tests.fake_discord_bot import (  # noqa: E402
+from tests.support.discord import FakeDiscord, Record  # noqa: E402  (needs the repository root on the path)
+from tests.support.discord.bot_process import (  # noqa: E402
     BotProcess,
     is_attachment_reply,
     png_bytes,
@@ -69,6 +72,11 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[rank - 1]
 
 
+def bot_message(check: Callable[[dict[str, Any]], bool]) -> Callable[[Record], bool]:
+    """Matches the record of a message the bot posted that passes ``check``."""
+    return lambda record: record.kind == "message" and record.result is not None and check(record.result)
+
+
 async def one_user(fake: FakeDiscord, user: str, rounds: int, channel_id: str) -> list[Sample]:
     samples = []
     for number in range(rounds):
@@ -76,12 +84,8 @@ async def one_user(fake: FakeDiscord, user: str, rounds: int, channel_id: str) -
         request = await fake.send_message(
             user, channel_id, f"make it blue {number}", files=[("photo.png", png_bytes())], mention_bot=True
         )
-        status = await fake.wait_for(
-            lambda r, i=request["id"]: r.kind == "message" and replies_to(i)(r.result), 60
-        )
-        result = await fake.wait_for(
-            lambda r, i=request["id"]: r.kind == "message" and is_attachment_reply(i)(r.result), 900
-        )
+        status = await fake.wait_for(bot_message(replies_to(request["id"])), 60)
+        result = await fake.wait_for(bot_message(is_attachment_reply(request["id"])), 900)
         samples.append(Sample(status.at - asked, result.at - asked))
     return samples
 
@@ -124,34 +128,22 @@ async def measure(
 
 
 def serve_stub() -> None:
-    """The bot with the stub editor: what ``bot.py`` composes, with the tint editor instead.
+    """The bot with the stub editor: what ``bot.py`` composes, with the stand-in editor instead.
 
-    Started by the test launcher (``tests/run_bot_against_fake.py``), which has already
+    Started by the test launcher (``tests/support/discord/launcher.py``), which has already
     pointed discord.py at the fake Discord.
     """
-    from editor.config import edit_defaults, load_yaml
-    from editor.worker import EditWorker, worker_config
-    from handlers.discord import run_discord
-    from sessions.config import storage_config
-    from sessions.service import EditService
-    from sessions.store import Store
-    from tests.fake_editor import TintEditor
+    from handlers.discord.bot import run_discord
+    from sessions import compose, load_config
+    from tests.support.editor import StandInEditor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    data = load_yaml(Path(sys.argv[sys.argv.index("--config") + 1]))
-    store = Store.open(storage_config(data).database_path)
-    editor = TintEditor(step_s=0.01, steps=10)
-    service = EditService(
-        store,
-        EditWorker(editor, worker_config(data)),
-        edit_defaults(data),
-        editor.inversion_key,
-        check_inputs=editor.check_inputs,
-    )
+    config = load_config(Path(sys.argv[sys.argv.index("--config") + 1]))
+    app = compose(config, editor=StandInEditor(step_s=0.01, steps=10, defaults=config.edit))
     try:
-        asyncio.run(run_discord(data, service, os.environ["DISCORD_TOKEN"]))
+        asyncio.run(run_discord(config, app.service, os.environ["DISCORD_TOKEN"]))
     finally:
-        store.close()
+        app.close()
 
 
 async def main(args: argparse.Namespace) -> list[Row]:

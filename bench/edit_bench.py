@@ -26,15 +26,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
 import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from editor.config import edit_defaults, engine_config, load_yaml
+from editor.diffusion import DiffusionModels
 from editor.engine import Editor
 from editor.types import EditRequest, EditResult
+from sessions.config import load_config
 
 
 @dataclass
@@ -91,8 +94,12 @@ def measure_ours(editor: Editor, request: EditRequest, memory: PeakMemory) -> tu
     return measured, result
 
 
-def reference_pipeline(editor: Editor, diffusion_path: str):
-    """The deprecated reference on its own UNet copy: it rewires the UNet it is given."""
+def reference_pipeline(models: DiffusionModels, diffusion_path: str) -> Any:
+    """The deprecated reference on its own UNet copy: it rewires the UNet it is given.
+
+    It shares ``models``' VAE, text encoder, tokenizer and scheduler settings, so that only
+    the method differs (``tests/test_diffusion.py`` compares against it too).
+    """
     from diffusers import (
         DDIMInverseScheduler,
         DDIMScheduler,
@@ -100,9 +107,9 @@ def reference_pipeline(editor: Editor, diffusion_path: str):
         UNet2DConditionModel,
     )
 
-    models = editor.diffusion
     unet = UNet2DConditionModel.from_pretrained(diffusion_path, subfolder="unet", dtype=models.dtype)
-    pipeline = StableDiffusionPix2PixZeroPipeline(
+    # Any: mypy resolves diffusers' lazy exports to its dummy classes, which have no methods.
+    pipeline: Any = StableDiffusionPix2PixZeroPipeline(
         vae=models.vae,
         text_encoder=models.text_encoder,
         tokenizer=models.tokenizer,
@@ -145,19 +152,16 @@ class ReferenceCounter:
     def counting_backwards(self) -> Iterator[None]:
         original = torch.Tensor.backward
 
-        def counted(tensor: torch.Tensor, *args: object, **kwargs: object) -> None:
+        def counted(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> None:
             self.backwards += 1
             original(tensor, *args, **kwargs)
 
-        torch.Tensor.backward = counted  # type: ignore[method-assign]
-        try:
+        with patch.object(torch.Tensor, "backward", counted):
             yield
-        finally:
-            torch.Tensor.backward = original  # type: ignore[method-assign]
 
 
 def measure_reference(
-    editor: Editor, pipeline, result: EditResult, image: Image.Image, *, seed: int, memory: PeakMemory
+    editor: Editor, pipeline: Any, result: EditResult, image: Image.Image, *, seed: int, memory: PeakMemory
 ) -> Measured:
     settings = editor.defaults
     models = editor.diffusion
@@ -274,10 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             writer(folder)
             print(f"wrote random-weight models in {time.perf_counter() - started:.1f}s")
-        data = load_yaml(config_path)
-        defaults = edit_defaults(data)
-        defaults = replace(defaults, steps=args.steps or (50 if args.full else 10))
-        editor = Editor.load(engine_config(data), defaults)
+        config = load_config(config_path)
+        defaults = replace(config.edit, steps=args.steps or (50 if args.full else 10))
+        editor = Editor.load(config.engine, defaults)
         memory = PeakMemory(editor.diffusion.device)
         print(f"device {editor.diffusion.device}, dtype {editor.diffusion.dtype}, steps {defaults.steps}")
 
@@ -293,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         ours, result = measure_ours(editor, request, memory)
         cached, _ = measure_ours(editor, replace(request, inversion=result.inversion), memory)
         prepared = editor.check_inputs(request).image
-        pipeline = reference_pipeline(editor, editor.config.model_path("diffusion"))
+        pipeline = reference_pipeline(editor.diffusion, editor.config.model_path("diffusion"))
         reference = measure_reference(editor, pipeline, result, prepared, seed=args.seed, memory=memory)
         print_report(ours, cached, reference, defaults.steps)
     return 0

@@ -8,17 +8,24 @@ the random models emit decodes to something.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 
-from editor.tiny import save_stable_diffusion
+from editor.tiny import BpeMerges, save_blip, save_phi, save_stable_diffusion
 
 SAVE_DTYPE = torch.float16  # halves what is written; the engine casts to its own dtype
 
 
 def _filler(count: int, prefix: str) -> list[str]:
     return [f"{prefix}{index}" for index in range(count)]
+
+
+def _half(model: Any) -> Any:
+    """``model`` in :data:`SAVE_DTYPE` (``Any``: mypy sees diffusers' dummy classes, and
+    transformers' ``to`` hides its ``self`` behind ``functools.wraps``)."""
+    return model.to(SAVE_DTYPE)
 
 
 def write_stable_diffusion_15(folder: Path) -> None:
@@ -50,37 +57,25 @@ def write_stable_diffusion_15(folder: Path) -> None:
     letters = [chr(c) for c in range(97, 123)]
     tokens = [*letters, *(c + "</w>" for c in letters), "ab"]
     tokens += [*_filler(49406 - len(tokens), "tok"), "<|startoftext|>", "<|endoftext|>"]
+    merges: BpeMerges = [("a", "b")]
     tokenizer = CLIPTokenizer(
-        vocab={token: index for index, token in enumerate(tokens)}, merges=[("a", "b")], model_max_length=77
+        vocab={token: index for index, token in enumerate(tokens)}, merges=merges, model_max_length=77
     )
     text_encoder = CLIPTextModel(text_config)
-    save_stable_diffusion(
-        folder, unet.to(SAVE_DTYPE), vae.to(SAVE_DTYPE), text_encoder.to(SAVE_DTYPE), tokenizer
-    )
+    save_stable_diffusion(folder, _half(unet), _half(vae), _half(text_encoder), tokenizer)
 
 
 def write_blip_base(folder: Path) -> None:
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
+    from transformers import BlipConfig, BlipForConditionalGeneration
 
     config = BlipConfig()  # defaults are BLIP base: ViT-B/16 at 384 px, a 12-layer BERT decoder
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-    words += _filler(config.text_config.vocab_size - len(words), "w")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
-    BlipForConditionalGeneration(config).to(SAVE_DTYPE).save_pretrained(folder)
-    image_processor = BlipImageProcessor(size={"height": 384, "width": 384})
-    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    words += _filler(30524 - len(words), "w")  # BLIP base's vocabulary size
+    save_blip(folder, _half(BlipForConditionalGeneration(config)), words, image_size=384)
 
 
 def write_phi_2(folder: Path) -> None:
-    from transformers import CodeGenTokenizer, PhiConfig, PhiForCausalLM
+    from transformers import PhiConfig, PhiForCausalLM
 
     config = PhiConfig(
         vocab_size=51200,
@@ -89,16 +84,15 @@ def write_phi_2(folder: Path) -> None:
         num_hidden_layers=32,
         num_attention_heads=32,
         max_position_embeddings=2048,
-        partial_rotary_factor=0.4,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.4},
         bos_token_id=50256,
         eos_token_id=50256,
     )
     byte_tokens = [*(chr(c) for c in range(33, 127)), "Ġ", "Ċ", "Ġa"]
     tokens = byte_tokens + _filler(50256 - len(byte_tokens), "t") + ["<|endoftext|>"]
     tokens += _filler(config.vocab_size - len(tokens), "x")
-    tokenizer = CodeGenTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[("Ġ", "a")])
-    PhiForCausalLM(config).to(SAVE_DTYPE).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    vocab = {token: index for index, token in enumerate(tokens)}
+    save_phi(folder, _half(PhiForCausalLM(config)), vocab, [("Ġ", "a")])
 
 
 def write_full_size_models(folder: Path) -> Path:

@@ -2,13 +2,14 @@
 
 Run from the repository root::
 
-    python bench/queue_bench.py                 # stub editor: acknowledge latency, throughput
-    python bench/queue_bench.py --job-ms 5      # each stub edit sleeps 5 ms (10 steps)
+    python bench/queue_bench.py                 # stand-in editor: acknowledge latency, throughput
+    python bench/queue_bench.py --job-ms 5      # each stand-in edit sleeps 5 ms (10 steps)
     python bench/queue_bench.py --tiny          # also: event-loop lag while tiny edits run
     python bench/queue_bench.py --tiny --torch-threads 1   # steadier on a shared 2-core box
 
-Part 1 (stub editor): for each number of requesters, every requester submits jobs one
-after another (waits for each result before the next), all requesters at once.
+Part 1 (the tests' stand-in editor, tinting an 8x8 picture): for each number of requesters,
+every requester submits jobs one after another (waits for each result before the next), all
+requesters at once.
 "submit" is the time ``EditWorker.submit`` takes to return; "ack" is from calling
 ``submit`` to the first ``Progress`` ("queued") a reader receives. Throughput is jobs
 finished per second of wall time.
@@ -27,60 +28,31 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from editor.types import EditRequest, EditResult, StepCallback
-from editor.worker import EditWorker, Progress, WorkerConfig
+from editor.progress import Progress
+from editor.types import EditRequest
+from editor.worker import EditWorker, WorkerConfig
+from tests.support.editor import StandInEditor
 
 STUB_STEPS = 10
 TICK_S = 0.010
 
 
-class SleepingEditor:
-    """A stand-in editor: ``STUB_STEPS`` progress steps spread over ``job_s`` of sleep."""
-
-    def __init__(self, job_s: float, result: EditResult) -> None:
-        self.job_s = job_s
-        self.result = result
-
-    def edit(
-        self,
-        request: EditRequest,
-        *,
-        callback: StepCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> EditResult:
-        for step in range(1, STUB_STEPS + 1):
-            if self.job_s:
-                time.sleep(self.job_s / STUB_STEPS)
-            if callback is not None:
-                callback("edit", step, STUB_STEPS)
-        return self.result
-
-
-def stub_result() -> EditResult:
-    """A small real result to hand back (the worker never looks inside it)."""
-    import torch
+def stub_request() -> EditRequest:
+    """An 8x8 picture with its captions given: the stand-in's work per job stays tiny."""
     from PIL import Image
 
-    from editor.types import EditCounts, Inversion
-
-    return EditResult(
-        image=Image.new("RGB", (8, 8)),
-        caption="stub",
-        before_captions=("stub",),
-        after_captions=("stub",),
-        inversion=Inversion(latents=torch.zeros(1, 4, 1, 1), caption="stub", key="stub"),
-        timings={},
-        counts=EditCounts(),
+    return EditRequest(
+        image=Image.new("RGB", (8, 8)), instruction="x", caption="stub", captions=(("stub",), ("stub",))
     )
 
 
@@ -98,8 +70,9 @@ class QueueRun:
     wall_s: float
 
 
-async def queue_run(users: int, jobs_per_user: int, job_s: float, result: EditResult) -> QueueRun:
-    worker = EditWorker(SleepingEditor(job_s, result), WorkerConfig(max_queue=max(50, users)))
+async def queue_run(users: int, jobs_per_user: int, job_s: float, request: EditRequest) -> QueueRun:
+    editor = StandInEditor(steps=STUB_STEPS, step_s=job_s / STUB_STEPS)
+    worker = EditWorker(editor, WorkerConfig(max_queue=max(50, users)))
     await worker.start()
     submit_s: list[float] = []
     ack_s: list[float] = []
@@ -107,7 +80,7 @@ async def queue_run(users: int, jobs_per_user: int, job_s: float, result: EditRe
     async def requester(user: int) -> None:
         for index in range(jobs_per_user):
             began = time.perf_counter()
-            handle = worker.submit(f"{user}-{index}", f"user-{user}", EditRequest(image=b"", instruction="x"))
+            handle = worker.submit(f"{user}-{index}", f"user-{user}", request)
             submitted = time.perf_counter()
             updates = handle.progress()
             await anext(updates)
@@ -124,7 +97,7 @@ async def queue_run(users: int, jobs_per_user: int, job_s: float, result: EditRe
     return QueueRun(users, users * jobs_per_user, submit_s, ack_s, wall_s)
 
 
-async def measure_lag(duration_s: float | None, until: asyncio.Future[object] | None = None) -> list[float]:
+async def measure_lag(duration_s: float | None, until: asyncio.Future[Any] | None = None) -> list[float]:
     """Lateness of a 10 ms periodic wake-up, for ``duration_s`` or until ``until`` is done."""
     lags: list[float] = []
     deadline = time.perf_counter() + (duration_s or 0.0)
@@ -145,13 +118,13 @@ class LagRun:
 async def tiny_lag_runs(edits: int, steps: int, idle_s: float) -> list[LagRun]:
     from PIL import Image
 
-    from editor.config import edit_defaults, engine_config, load_yaml
     from editor.engine import Editor
     from editor.tiny import write_tiny_models
+    from sessions.config import load_config
 
     with tempfile.TemporaryDirectory() as folder:
-        data = load_yaml(write_tiny_models(folder))
-        editor = Editor.load(engine_config(data), edit_defaults(data))
+        config = load_config(write_tiny_models(folder))
+        editor = Editor.load(config.engine, config.edit)
     image = Image.new("RGB", (64, 64), (180, 60, 30))
 
     def make_request(seed: int) -> EditRequest:
@@ -212,7 +185,7 @@ def ms(seconds: float) -> str:
 
 
 def print_queue_table(runs: list[QueueRun], job_ms: float) -> None:
-    print(f"\nWorker queue, stub editor ({job_ms:g} ms per job, {STUB_STEPS} progress steps)")
+    print(f"\nWorker queue, stand-in editor ({job_ms:g} ms per job, {STUB_STEPS} progress steps)")
     print("| requesters | jobs | submit p50 ms | submit p99 ms | ack p50 ms | ack p99 ms | jobs/s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
@@ -241,7 +214,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, nargs="+", default=[1, 20, 200], help="requester counts")
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per requester count (about)")
-    parser.add_argument("--job-ms", type=float, default=0.0, help="sleep of each stub edit")
+    parser.add_argument("--job-ms", type=float, default=0.0, help="sleep of each stand-in edit")
     parser.add_argument("--tiny", action="store_true", help="also measure loop lag with the tiny engine")
     parser.add_argument("--tiny-edits", type=int, default=3, help="edits in the busy phase")
     parser.add_argument("--tiny-steps", type=int, default=4, help="diffusion steps of each tiny edit")
@@ -252,9 +225,10 @@ def parse_args() -> argparse.Namespace:
 
 async def main() -> None:
     args = parse_args()
-    result = stub_result()
+    request = stub_request()
     runs = [
-        await queue_run(users, max(1, args.jobs // users), args.job_ms / 1000, result) for users in args.users
+        await queue_run(users, max(1, args.jobs // users), args.job_ms / 1000, request)
+        for users in args.users
     ]
     print_queue_table(runs, args.job_ms)
     if args.tiny:

@@ -7,9 +7,13 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from editor.config import ConfigError, edit_defaults, engine_config, load_yaml
 from editor.types import STAGES, EditCancelled, EditRequest, InvalidInput
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     edit.add_argument("--save-inversion", type=Path, help="also write the inversion, to reuse it later")
     edit.add_argument("--inversion", type=Path, help="reuse an inversion written by --save-inversion")
 
-    tiny = commands.add_parser("tiny-models", help="write tiny random-weight models and a config for them")
+    tiny = commands.add_parser(
+        "tiny-models",
+        help="write the engine's tiny random-weight models and a config for them "
+        "(python -m evaluation tiny-models adds CLIP and DINO)",
+    )
     tiny.add_argument("folder", type=Path)
 
     args = parser.parse_args(argv)
@@ -84,14 +92,14 @@ class _StageBars:
     """One tqdm bar per stage, opened as the engine reaches it."""
 
     def __init__(self) -> None:
-        self._bars: dict[str, object] = {}
+        self._bars: dict[str, tqdm] = {}
 
     def __enter__(self) -> _StageBars:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         for bar in self._bars.values():
-            bar.close()  # type: ignore[attr-defined]
+            bar.close()
 
     def update(self, stage: str, step: int, total: int) -> None:
         from tqdm import tqdm
@@ -100,8 +108,8 @@ class _StageBars:
         if bar is None:
             position = STAGES.index(stage) if stage in STAGES else len(STAGES)
             bar = self._bars[stage] = tqdm(total=total, desc=f"{stage:>11}", position=position, leave=True)
-        bar.n = step  # type: ignore[attr-defined]
-        bar.refresh()  # type: ignore[attr-defined]
+        bar.n = step
+        bar.refresh()
 
 
 if __name__ == "__main__":

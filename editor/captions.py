@@ -32,14 +32,14 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from editor.config import LanguageModelConfig
-from editor.types import EditCancelled, EditSettings, InvalidInput
+from editor.types import EditSettings, InvalidInput, raise_if_cancelled
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -81,15 +81,13 @@ _LABEL = re.compile(
 class CaptionSet:
     """What the language model step produced, and what it cost.
 
-    ``attempts`` counts tries at a well-formed answer and ``generate_calls`` the calls to
-    the model's ``generate``; every attempt is one call, both are reported so the engine's
-    counts need no knowledge of this module's retry policy.
+    ``generate_calls`` counts the calls to the model's ``generate`` (one per attempt at a
+    well-formed answer), so the engine's counts need no knowledge of the retry policy.
     """
 
     before: tuple[str, ...]
     after: tuple[str, ...]
     used_fallback: bool
-    attempts: int
     generate_calls: int
     tokens: int
 
@@ -284,40 +282,21 @@ class CaptionWriter:
         attempts = self.lm.max_attempts if self.lm.do_sample else 1
         tokens = 0
         for attempt in range(1, attempts + 1):
-            _check_cancel(cancel)
+            raise_if_cancelled(cancel)
             generation = self.generate_text(prompt, seed=seed + attempt - 1, done=done, cancel=cancel)
             tokens += generation.tokens
-            _check_cancel(cancel)
+            raise_if_cancelled(cancel)
             text = generation.text
             if generation.truncated:
                 text = text[: text.rfind("\n") + 1]
             parsed = parse_captions(start + text, n)
             if parsed is not None:
                 before, after = parsed
-                return CaptionSet(
-                    before=before,
-                    after=after,
-                    used_fallback=False,
-                    attempts=attempt,
-                    generate_calls=attempt,
-                    tokens=tokens,
-                )
+                return CaptionSet(before, after, used_fallback=False, generate_calls=attempt, tokens=tokens)
             log.info("caption attempt %d/%d did not parse", attempt, attempts)
         log.warning("no well-formed captions after %d attempts; using the fallback captions", attempts)
         before, after = fallback_captions(locked, instruction)
-        return CaptionSet(
-            before=before,
-            after=after,
-            used_fallback=True,
-            attempts=attempts,
-            generate_calls=attempts,
-            tokens=tokens,
-        )
-
-
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise EditCancelled("The edit was cancelled.")
+        return CaptionSet(before, after, used_fallback=True, generate_calls=attempts, tokens=tokens)
 
 
 class CausalLanguageModel:
@@ -393,6 +372,7 @@ class CausalLanguageModel:
             yield
 
 
+@dataclass
 class _StopWhenDone:
     """A stopping criterion: stop on cancel, or once the complete lines so far parse.
 
@@ -400,19 +380,12 @@ class _StopWhenDone:
     negligible next to a forward pass.
     """
 
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        prompt_length: int,
-        done: Callable[[str], bool],
-        cancel: threading.Event | None,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_length = prompt_length
-        self.done = done
-        self.cancel = cancel
-        self.stopped = False
-        self._lines_seen = 0
+    tokenizer: PreTrainedTokenizerBase
+    prompt_length: int
+    done: Callable[[str], bool]
+    cancel: threading.Event | None
+    stopped: bool = False
+    _lines_seen: int = field(default=0, init=False)
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object

@@ -3,9 +3,9 @@
 Three stages, each its own method so that a caller can cache what does not depend on the
 instruction: :meth:`DiffusionModels.invert` (image latents -> noise, under the caption),
 :meth:`DiffusionModels.reconstruct` (denoise under the caption, recording the cross-attention
-maps of every step) and :meth:`DiffusionModels.guided_edit` (denoise under caption + direction,
-pulling each step's cross-attention maps toward the recorded ones). :meth:`DiffusionModels.edit`
-runs the last two.
+maps of every step) and :meth:`DiffusionModels.edit` (denoise under caption + direction,
+pulling each step's cross-attention maps toward the recorded ones, which it records first
+when not given them).
 
 The math follows diffusers' deprecated ``StableDiffusionPix2PixZeroPipeline`` (``invert`` then
 ``__call__``), which ``tests/test_diffusion.py`` checks we match. Intended differences:
@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from editor.config import InversionConfig
-from editor.types import EditCancelled, EditSettings, InvalidInput, StepCallback
+from editor.types import EditSettings, InvalidInput, StepCallback, raise_if_cancelled
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -148,11 +148,6 @@ def kl_divergence(noise: torch.Tensor) -> torch.Tensor:
     return variance + mean**2 - 1 - torch.log(variance + 1e-7)
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise EditCancelled("The edit was cancelled.")
-
-
 def _report(callback: StepCallback | None, stage: str, step: int, total: int) -> None:
     if callback is not None:
         callback(stage, step, total)
@@ -212,7 +207,7 @@ class _ProbedCrossAttention:
         probs = attn.get_attention_scores(query, key, attention_mask)
         if probe.recording is not None:
             probe.recording[self.name] = probs.detach()
-        else:
+        elif probe.reference is not None:
             target = probe.reference[self.name]
             layer_loss = (probs.float() - target.float()).pow(2).sum((1, 2)).mean(0)
             probe.loss = layer_loss if probe.loss is None else probe.loss + layer_loss
@@ -346,7 +341,7 @@ class DiffusionModels:
         embeds = caption_embeds.to(self.device, self.dtype)
         latents = latents.to(self.device, torch.float32)
         for step, timestep in enumerate(scheduler.timesteps, start=1):
-            _check_cancel(cancel)
+            raise_if_cancelled(cancel)
             with torch.no_grad():
                 noise = self._predict(latents, timestep, embeds, "invert", counter)
             noise = self._regularise(
@@ -391,7 +386,7 @@ class DiffusionModels:
         per_step: list[dict[str, torch.Tensor]] = []
         with self._probed_unet() as probe, torch.no_grad():
             for step, timestep in enumerate(scheduler.timesteps, start=1):
-                _check_cancel(cancel)
+                raise_if_cancelled(cancel)
                 model_input = scheduler.scale_model_input(torch.cat([latents] * 2), timestep)
                 probe.recording = {}
                 noise = self._predict(model_input, timestep, embeds, "reconstruct", counter)
@@ -401,14 +396,14 @@ class DiffusionModels:
                 _report(callback, "reconstruct", step, steps)
         return CrossAttentionMaps(tuple(int(t) for t in scheduler.timesteps), tuple(per_step))
 
-    def guided_edit(
+    def edit(
         self,
         inverted: torch.Tensor,
-        reference: CrossAttentionMaps,
         caption_embeds: torch.Tensor,
         direction: torch.Tensor,
         *,
         settings: EditSettings,
+        reference: CrossAttentionMaps | None = None,
         negative_embeds: torch.Tensor | None = None,
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
@@ -418,10 +413,12 @@ class DiffusionModels:
         cross-attention toward ``reference`` by one gradient step of size
         ``settings.cross_attention_guidance``. Returns the edited latents (float32).
 
-        As in pix2pix-zero, the two classifier-free halves each take their own gradient step
-        and predict from their own moved copy; the DDIM step continues from the first
-        (negative) half's copy. ``negative_embeds`` defaults to the caption, as in
-        :meth:`reconstruct`, whose maps ``reference`` must be.
+        ``reference`` is what :meth:`reconstruct` recorded under the same caption, negative
+        prompt, steps and guidance; without it the reconstruction runs first. The negative
+        prompt is the caller's choice; by default the caption itself (Pix2Pix-OnTheFly and
+        pix2pix-zero). As in pix2pix-zero, the two classifier-free halves each take their own
+        gradient step and predict from their own moved copy; the DDIM step continues from the
+        first (negative) half's copy.
         """
         self._check_latents(inverted)
         negative_embeds = caption_embeds if negative_embeds is None else negative_embeds
@@ -432,6 +429,17 @@ class DiffusionModels:
         ):
             self._check_embeds(name, embeds)
         counter = UNetCounter() if counter is None else counter
+        if reference is None:
+            reference = self.reconstruct(
+                inverted,
+                caption_embeds,
+                steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                negative_embeds=negative_embeds,
+                callback=callback,
+                cancel=cancel,
+                counter=counter,
+            )
         scheduler = self._scheduler(settings.steps)
         if reference.timesteps != tuple(int(t) for t in scheduler.timesteps):
             raise ValueError(
@@ -446,7 +454,7 @@ class DiffusionModels:
             for step, (timestep, maps) in enumerate(
                 zip(scheduler.timesteps, reference.per_step, strict=True), 1
             ):
-                _check_cancel(cancel)
+                raise_if_cancelled(cancel)
                 model_input = scheduler.scale_model_input(torch.cat([latents] * 2), timestep)
                 if step_size > 0:
                     model_input = self._pull_attention(
@@ -458,7 +466,7 @@ class DiffusionModels:
                         probe=probe,
                         counter=counter,
                     )
-                    _check_cancel(cancel)
+                    raise_if_cancelled(cancel)
                 with torch.no_grad():
                     noise = self._predict(model_input, timestep, embeds, "edit", counter)
                 latents = model_input.chunk(2)[0]
@@ -467,42 +475,6 @@ class DiffusionModels:
                 ).prev_sample
                 _report(callback, "edit", step, settings.steps)
         return latents
-
-    def edit(
-        self,
-        inverted: torch.Tensor,
-        caption_embeds: torch.Tensor,
-        direction: torch.Tensor,
-        *,
-        settings: EditSettings,
-        negative_embeds: torch.Tensor | None = None,
-        callback: StepCallback | None = None,
-        cancel: threading.Event | None = None,
-        counter: UNetCounter | None = None,
-    ) -> torch.Tensor:
-        """:meth:`reconstruct` then :meth:`guided_edit`. The negative prompt is the caller's
-        choice; by default the caption itself (Pix2Pix-OnTheFly and pix2pix-zero)."""
-        reference = self.reconstruct(
-            inverted,
-            caption_embeds,
-            steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
-            negative_embeds=negative_embeds,
-            callback=callback,
-            cancel=cancel,
-            counter=counter,
-        )
-        return self.guided_edit(
-            inverted,
-            reference,
-            caption_embeds,
-            direction,
-            settings=settings,
-            negative_embeds=negative_embeds,
-            callback=callback,
-            cancel=cancel,
-            counter=counter,
-        )
 
     def _scheduler(self, steps: int, *, inverse: bool = False) -> Any:
         """A fresh DDIM scheduler (inverse or not) per pass: schedulers keep per-run state."""
@@ -551,7 +523,7 @@ class DiffusionModels:
 
         with torch.enable_grad():
             for _ in range(config.regularisation_steps):
-                _check_cancel(cancel)
+                raise_if_cancelled(cancel)
                 if config.auto_correlation_weight > 0:
                     for _ in range(config.auto_correlation_rolls):
                         step = gradient(noise, auto_correlation) / config.auto_correlation_rolls

@@ -29,12 +29,11 @@ from PIL import Image
 
 from editor.captioner import Captioner
 from editor.captions import CaptionWriter
-from editor.config import EngineConfig, resolve_path
+from editor.config import EngineConfig, LimitsConfig, resolve_path
 from editor.diffusion import DiffusionModels, UNetCounter
 from editor.direction import edit_direction
 from editor.images import check_instruction, load_image
 from editor.types import (
-    EditCancelled,
     EditCounts,
     EditRequest,
     EditResult,
@@ -42,6 +41,7 @@ from editor.types import (
     InvalidInput,
     Inversion,
     StepCallback,
+    raise_if_cancelled,
 )
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,11 @@ class Editor:
     def template_names(self) -> tuple[str, ...]:
         return self.caption_writer.template_names
 
+    @property
+    def limits(self) -> LimitsConfig:
+        """The input limits ``check_inputs`` enforces, so transports can refuse early."""
+        return self.config.limits
+
     def inversion_key(self, settings: EditSettings) -> str:
         """What an inversion depends on besides the image and its caption."""
         facts = {
@@ -132,8 +137,8 @@ class Editor:
             before, after = request.captions
             if not before or not after or not all(isinstance(c, str) and c.strip() for c in before + after):
                 raise InvalidInput("Caption overrides need at least one non-empty before and after caption.")
-        instruction = check_instruction(request.instruction, self.config.limits)
-        image = load_image(request.image, self.config.limits, self.config.resolution)
+        instruction = check_instruction(request.instruction, self.limits)
+        image = load_image(request.image, self.limits, self.config.resolution)
         return PreparedInput(image=image, instruction=instruction, settings=request.settings)
 
     def edit(
@@ -162,7 +167,7 @@ class Editor:
         elif cached is not None:
             caption = cached.caption
         else:
-            _check_cancel(cancel)
+            raise_if_cancelled(cancel)
             with self._timed(timings, "caption"):
                 report("caption", 0, 1)
                 caption = self.captioner.caption(prepared.image)
@@ -210,7 +215,7 @@ class Editor:
             )
 
         # 6. Reconstruction (records cross-attention), then the guided edit.
-        _check_cancel(cancel)
+        raise_if_cancelled(cancel)
         with self._timed(timings, "edit"):
             edited = self.diffusion.edit(
                 inversion.latents,
@@ -271,8 +276,3 @@ class Editor:
 
 def _ignore_progress(stage: str, step: int, total: int) -> None:
     """The default callback: nobody is watching."""
-
-
-def _check_cancel(cancel: threading.Event) -> None:
-    if cancel.is_set():
-        raise EditCancelled("The edit was cancelled.")

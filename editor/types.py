@@ -37,6 +37,12 @@ class EditCancelled(Exception):
     """The edit was stopped on request; raised within one step of the cancel."""
 
 
+def raise_if_cancelled(cancel: threading.Event | None) -> None:
+    """The one cancel check of every stage (engine, inversion, language model), one message."""
+    if cancel is not None and cancel.is_set():
+        raise EditCancelled("The edit was cancelled.")
+
+
 @dataclass(frozen=True)
 class EditSettings:
     """The knobs of one edit. Defaults follow pix2pix-zero; ``config.yaml`` overrides them."""

@@ -2,8 +2,8 @@
 
 Models are not safe to share between threads and a GPU runs one edit at a time anyway,
 so a single daemon thread owns the editor. The event loop only takes a lock for a few
-microseconds to queue, cancel or inspect jobs; the thread hands progress back with
-``loop.call_soon_threadsafe`` (one wake-up per batch of updates, not one per step).
+microseconds to queue, cancel or inspect jobs; the thread hands progress back through
+:class:`editor.progress.LoopDelivery` (one wake-up per batch of updates, not one per step).
 
 Fairness: each job gets a round number. A requester's first waiting job joins the
 current round; each further job of theirs goes one round later; a requester whose
@@ -20,21 +20,12 @@ import itertools
 import logging
 import sys
 import threading
-import time
-from collections import deque
-from collections.abc import AsyncIterator, MutableSequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
-from editor.config import build
-from editor.types import EditCancelled, EditRequest, EditResult, InvalidInput, SupportsEdit
+from editor.progress import JobHandle, LoopDelivery, Outcome, Progress, ProgressState, Update
+from editor.types import EditCancelled, EditRequest, InvalidInput, SupportsEdit
 
 logger = logging.getLogger(__name__)
-
-ProgressState = Literal["queued", "running", "done", "failed", "cancelled"]
-FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
-#: How many recent edit durations :meth:`EditWorker.stats` keeps.
-RECENT_EDITS = 20
 
 OUT_OF_MEMORY_MESSAGE = (
     "The GPU ran out of memory on this edit. Please try a smaller image or fewer captions, "
@@ -66,11 +57,6 @@ class WorkerConfig:
             raise ValueError(f"job_timeout_s must be positive, got {self.job_timeout_s}")
 
 
-def worker_config(data: dict[str, Any]) -> WorkerConfig:
-    """The ``worker`` section of a loaded config file."""
-    return build(WorkerConfig, data.get("worker") or {}, "worker")
-
-
 class WorkerRejected(Exception):
     """The job was not queued; the message is written for the requester."""
 
@@ -97,122 +83,6 @@ class EditFailed(Exception):
 
 class WorkerStopped(EditCancelled):
     """The worker stopped before this job could finish; :meth:`EditWorker.stop` listed its id."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One state of a job: waiting (with its 1-based place), running (stage and step), or final."""
-
-    job_id: str
-    state: ProgressState
-    queue_position: int | None = None
-    stage: str | None = None
-    step: int = 0
-    total: int = 0
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL_STATES
-
-
-@dataclass(frozen=True)
-class WorkerStats:
-    """A small snapshot for the ops endpoint."""
-
-    queued: int
-    running_job_id: str | None
-    done: int
-    failed: int
-    cancelled: int
-    #: Wall time of the most recent successful edits (start to finish), oldest first.
-    recent_edit_s: tuple[float, ...]
-
-
-def _coalesce(updates: MutableSequence[Progress], update: Progress) -> None:
-    """Append ``update``, replacing the last one if it is of the same state.
-
-    Consecutive updates of one state only refine each other (a newer place in the queue,
-    a later step), so a reader that falls behind gets the latest of each state and no
-    buffer ever holds more than one entry per state.
-    """
-    if updates and updates[-1].state == update.state:
-        updates[-1] = update
-    else:
-        updates.append(update)
-
-
-class _Listener:
-    """One reader of :meth:`JobHandle.progress`: its unread updates and a wake-up."""
-
-    def __init__(self, first: Progress) -> None:
-        self.unread: deque[Progress] = deque([first])
-        self.wake = asyncio.Event()
-
-    def push(self, update: Progress) -> None:
-        _coalesce(self.unread, update)
-        self.wake.set()
-
-
-class JobHandle:
-    """The event loop's view of one submitted job: its progress and its outcome.
-
-    Everything here runs on the event loop's thread; the worker thread only appends to
-    ``_pending`` under the worker's delivery lock.
-    """
-
-    def __init__(self, job_id: str, requester: str, first: Progress) -> None:
-        self.job_id = job_id
-        self.requester = requester
-        self._latest = first
-        self._listeners: set[_Listener] = set()
-        self._finished = asyncio.Event()
-        self._outcome: EditResult | BaseException | None = None
-        self._pending: list[Progress] = []
-        self._pending_outcome: EditResult | BaseException | None = None
-
-    @property
-    def latest(self) -> Progress:
-        return self._latest
-
-    async def progress(self) -> AsyncIterator[Progress]:
-        """Updates from the latest state on, ending after the final one.
-
-        A reader gets every state the job enters while it reads (queued, running, the
-        final one); unread updates within one state are replaced by newer ones, so a slow
-        reader never holds more than one per state. A late reader starts at the latest.
-        """
-        listener = _Listener(self._latest)
-        self._listeners.add(listener)
-        try:
-            while True:
-                if not listener.unread:
-                    listener.wake.clear()
-                    await listener.wake.wait()
-                    continue
-                update = listener.unread.popleft()
-                yield update
-                if update.final:
-                    return
-        finally:
-            self._listeners.discard(listener)
-
-    async def result(self) -> EditResult:
-        """The edited image; raises EditCancelled or EditFailed, never anything else."""
-        await self._finished.wait()
-        if isinstance(self._outcome, BaseException):
-            raise self._outcome
-        assert self._outcome is not None  # a finished job has a result or an error
-        return self._outcome
-
-    def _deliver(self, update: Progress, outcome: EditResult | BaseException | None) -> None:
-        if update == self._latest:
-            return
-        self._latest = update
-        for listener in self._listeners:
-            listener.push(update)
-        if update.final:
-            self._outcome = outcome
-            self._finished.set()
 
 
 @dataclass(eq=False)
@@ -242,10 +112,6 @@ def _run_key(job: _Job) -> tuple[int, int]:
     return (job.round, job.seq)
 
 
-#: An update for one handle; the outcome goes with a final update only.
-_Update = tuple[JobHandle, Progress, EditResult | BaseException | None]
-
-
 class EditWorker:
     """Runs jobs one at a time on its own thread, fairly between requesters.
 
@@ -269,13 +135,8 @@ class EditWorker:
         self._seq = itertools.count()
         self._accepting = False
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._delivery: LoopDelivery | None = None
         self._interrupted: str | None = None
-        self._counts = dict.fromkeys(FINAL_STATES, 0)
-        self._recent_edit_s: deque[float] = deque(maxlen=RECENT_EDITS)
-        self._delivery_lock = threading.Lock()
-        self._dirty: list[JobHandle] = []
-        self._flush_scheduled = False
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -284,7 +145,7 @@ class EditWorker:
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("EditWorker.start() was called twice")
-            self._loop = asyncio.get_running_loop()
+            self._delivery = LoopDelivery(asyncio.get_running_loop())
             self._accepting = True
             self._thread = threading.Thread(target=self._serve, name="edit-worker", daemon=True)
             self._thread.start()
@@ -325,7 +186,7 @@ class EditWorker:
     def submit(self, job_id: str, requester: str, request: EditRequest) -> JobHandle:
         """Queue a job; raises a :class:`WorkerRejected` whose message the requester can read."""
         with self._lock:
-            if self._loop is None or asyncio.get_running_loop() is not self._loop:
+            if self._delivery is None or asyncio.get_running_loop() is not self._delivery.loop:
                 raise RuntimeError("submit() must be called on the event loop that started the worker")
             if not self._accepting:
                 raise WorkerStopping("The editor is restarting; please try again in a minute.")
@@ -402,17 +263,6 @@ class EditWorker:
             job = self._jobs.get(job_id)
             return job.position if job is not None else None
 
-    def stats(self) -> WorkerStats:
-        with self._lock:
-            return WorkerStats(
-                queued=len(self._order),
-                running_job_id=self._running.job_id if self._running is not None else None,
-                done=self._counts["done"],
-                failed=self._counts["failed"],
-                cancelled=self._counts["cancelled"],
-                recent_edit_s=tuple(self._recent_edit_s),
-            )
-
     # -- scheduling (all under self._lock) --------------------------------------------
 
     def _first_round(self, requester: str) -> int:
@@ -430,18 +280,17 @@ class EditWorker:
         else:
             del self._waiting_by_requester[requester]
 
-    def _repositioned_locked(self, start: int = 0) -> list[_Update]:
+    def _repositioned_locked(self, start: int = 0) -> list[Update]:
         """Updates for the waiting jobs from ``start`` on whose place changed."""
-        updates: list[_Update] = []
+        updates: list[Update] = []
         for position, job in enumerate(self._order[start:], start=start + 1):
             if job.position != position:
                 job.position = position
                 updates.append((job.handle, Progress(job.job_id, "queued", queue_position=position), None))
         return updates
 
-    def _end_locked(self, job: _Job, state: ProgressState, outcome: EditResult | BaseException) -> None:
+    def _end_locked(self, job: _Job, state: ProgressState, outcome: Outcome) -> None:
         del self._jobs[job.job_id]
-        self._counts[state] += 1
         self._post_many([(job.handle, Progress(job.job_id, state), outcome)])
 
     # -- the worker thread ------------------------------------------------------------
@@ -476,8 +325,9 @@ class EditWorker:
 
         timer = threading.Timer(self._config.job_timeout_s, self._expire, args=(job,))
         timer.daemon = True
-        started = time.perf_counter()
         timer.start()
+        state: ProgressState
+        outcome: Outcome
         try:
             result = self._editor.edit(job.request, callback=report, cancel=job.cancel_event)
         except BaseException as error:  # even SystemExit from a library fails only this job
@@ -486,14 +336,11 @@ class EditWorker:
             state, outcome = "done", result
         finally:
             timer.cancel()
-        elapsed = time.perf_counter() - started
         with self._lock:
             self._running = None
             if state == "done" and job.stop_reason == "cancelled":
                 # cancel() said yes (after the editor's last check): keep its word, drop the result.
                 state, outcome = "cancelled", EditCancelled("The edit was cancelled.")
-            if state == "done":
-                self._recent_edit_s.append(elapsed)
             if isinstance(outcome, WorkerStopped):
                 self._interrupted = job.job_id
             self._end_locked(job, state, outcome)
@@ -528,35 +375,10 @@ class EditWorker:
         failure.__cause__ = error
         return "failed", failure
 
-    # -- handing updates to the event loop --------------------------------------------
-
-    def _post_many(self, updates: list[_Update]) -> None:
-        """Queue updates for the loop and schedule one flush per batch (from any thread)."""
-        if not updates:
-            return
-        assert self._loop is not None  # jobs exist only after start()
-        with self._delivery_lock:
-            for handle, update, outcome in updates:
-                if not handle._pending:
-                    self._dirty.append(handle)
-                _coalesce(handle._pending, update)
-                if update.final:
-                    handle._pending_outcome = outcome
-            if self._flush_scheduled:
-                return
-            self._flush_scheduled = True
-        self._loop.call_soon_threadsafe(self._flush)
-
-    def _flush(self) -> None:
-        with self._delivery_lock:
-            dirty, self._dirty = self._dirty, []
-            batches = [(handle, handle._pending, handle._pending_outcome) for handle in dirty]
-            for handle in dirty:
-                handle._pending = []
-            self._flush_scheduled = False
-        for handle, updates, outcome in batches:
-            for update in updates:
-                handle._deliver(update, outcome)
+    def _post_many(self, updates: list[Update]) -> None:
+        """Hand updates to the event loop (from either thread; see :mod:`editor.progress`)."""
+        assert self._delivery is not None  # jobs exist only after start()
+        self._delivery.post(updates)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

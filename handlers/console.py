@@ -17,11 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
-from editor.types import EditCancelled
-from editor.worker import Progress
-from sessions.errors import UserError
-from sessions.models import Author, Place, Version
-from sessions.service import EditService, Ticket
+from sessions import Author, EditCancelled, EditService, Place, Progress, Ticket, UserError, Version
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,46 @@
+"""Conversations: the one door through which transports reach the editing engine.
+
+Transports (``handlers/``) import from this package only: the service, its values and errors,
+and the engine's vocabulary they need to show (progress, settings, limits) are re-exported here.
+"""
+
+from editor.config import ConfigError, LimitsConfig
+from editor.progress import Progress
+from editor.types import STAGES, EditCancelled, EditSettings, InvalidInput
+from sessions.compose import App, compose
+from sessions.config import AppConfig, ConsoleConfig, DiscordConfig, OpsConfig, StorageConfig, load_config
+from sessions.errors import JobFailed, NotAllowed, NotFound, NothingToUndo, Postponed, Rejected, UserError
+from sessions.models import Author, Job, JobKind, Place, Version
+from sessions.service import EditService, Ticket
+
+__all__ = [
+    "STAGES",
+    "App",
+    "AppConfig",
+    "Author",
+    "ConfigError",
+    "ConsoleConfig",
+    "DiscordConfig",
+    "EditCancelled",
+    "EditService",
+    "EditSettings",
+    "InvalidInput",
+    "Job",
+    "JobFailed",
+    "JobKind",
+    "LimitsConfig",
+    "NotAllowed",
+    "NotFound",
+    "NothingToUndo",
+    "OpsConfig",
+    "Place",
+    "Postponed",
+    "Progress",
+    "Rejected",
+    "StorageConfig",
+    "Ticket",
+    "UserError",
+    "Version",
+    "compose",
+    "load_config",
+]

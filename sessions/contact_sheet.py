@@ -7,7 +7,7 @@ images (Discord allows ten attachments a message).
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -18,6 +18,19 @@ TEXT = (30, 30, 30)
 PADDING = 12
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+def draw_lineage(lineage: Sequence[Version], image_png: Callable[[str], bytes], limit: int) -> bytes:
+    """The sheet of a lineage (original first): the original and its latest ``limit - 1`` steps."""
+    numbered = list(enumerate(lineage, start=1))
+    if len(numbered) > limit:
+        numbered = numbered[:1] + numbered[-(limit - 1) :]
+    title = f"{len(lineage)} step{'s' if len(lineage) != 1 else ''} to version {lineage[-1].id}"
+    if len(numbered) < len(lineage):
+        title += f" (steps 2-{numbered[1][0] - 1} not shown)"
+    return draw_contact_sheet(
+        title, [(number, version, image_png(version.id)) for number, version in numbered]
+    )
 
 
 def draw_contact_sheet(

@@ -7,60 +7,38 @@ Decisions worth knowing:
 
 * **Branches, never overwrites.** Every edit adds a child version to its source; two
   people continuing one version at once make two siblings.
-* **Order within a conversation.** The worker is fair between requesters, so jobs of one
-  conversation may *run* out of order (another person's earlier request can wait behind
-  their own backlog). Results are nonetheless *recorded* in submission order per
-  conversation: a finished job waits until every job of its conversation submitted
-  before it was recorded, failed or cancelled. So versions (their ids, ``created_at`` and
-  the transport's replies, which follow ``Ticket.result()``) appear in the order people
-  asked. Failures and cancels are reported at once; they create nothing to order.
-* **Reuse.** An edit of a version reuses that version's cached inversion and BLIP
-  caption, so retry, stronger, subtler and a second branch run neither BLIP nor the
-  inversion. The inversion an edit returns is that of its *input*, so it is cached for
-  the source version. A request built while the first edit of its source is still
-  running cannot use it yet and inverts again.
-* **Crash recovery.** A job counts an attempt when the worker starts it. On start, jobs
-  left queued are queued again; jobs left running run again unless they already had
-  ``MAX_RUNS`` attempts (a crash each time), then they are marked interrupted. Listeners
+* **Jobs.** Recording results in request order, reusing cached inversions and captions,
+  and taking up jobs after a crash are :mod:`sessions.jobs`' business; listeners added here
   hear about every recovered job so its requester can be told the outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import secrets
-import statistics
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from PIL import Image
 
-from editor.types import EditCancelled, EditRequest, EditResult, EditSettings, InvalidInput, Inversion
-from editor.worker import EditFailed, EditWorker, JobHandle, Progress, WorkerRejected, WorkerStopped
-from sessions.contact_sheet import draw_contact_sheet
-from sessions.errors import JobFailed, NotAllowed, NotFound, NothingToUndo, Postponed, Rejected, UserError
+from editor.config import LimitsConfig
+from editor.types import EditRequest, EditSettings, InvalidInput
+from editor.worker import EditWorker
+from sessions.contact_sheet import draw_lineage
+from sessions.errors import NotAllowed, NotFound, NothingToUndo, Rejected, UserError
+from sessions.jobs import JobRunner, Ticket
 from sessions.models import Author, Job, JobKind, Place, Version
-from sessions.store import EditOutcome, Store
+from sessions.store import Store
 
 log = logging.getLogger(__name__)
 
-#: A job is started at most this often; a crash during the last run marks it interrupted.
-MAX_RUNS = 2
 #: stronger / subtler multiply the edit's strength by this factor (or divide by it).
 STRENGTH_STEP = 1.5
 #: The longest history drawn on one contact sheet (the original and the latest steps).
 CONTACT_SHEET_LIMIT = 40
-
-INTERRUPTED_MESSAGE = (
-    "The bot restarted twice while working on this edit, so it was stopped to be safe. "
-    "Please try again, perhaps with fewer steps or a smaller image."
-)
-POSTPONED_MESSAGE = "The bot is restarting; your edit is saved and will run as soon as it is back."
-UNEXPECTED_MESSAGE = "Something went wrong while saving your edit. It was logged; please try again."
 
 
 @dataclass(frozen=True)
@@ -76,35 +54,30 @@ class _Edit:
 class CheckedInput(Protocol):
     """What ``check_inputs`` returns: the image the engine will edit and the tidied instruction."""
 
-    image: Image.Image
-    instruction: str
+    @property
+    def image(self) -> Image.Image: ...
+    @property
+    def instruction(self) -> str: ...
 
 
-Listener = Callable[["Ticket"], Awaitable[None]]
+class ServiceEditor(Protocol):
+    """What the service needs of the editor (``editor.engine.Editor``, or a stand-in in tests).
 
-
-class Ticket:
-    """A transport's handle on one job: its record, its progress and its outcome."""
-
-    def __init__(self, job: Job, handle: JobHandle | None, outcome: asyncio.Future[Version]) -> None:
-        self.job = job
-        self._handle = handle
-        self._outcome = outcome
+    The worker runs the edits; the service only reads the editor's defaults and limits, names
+    cached inversions, and checks a request the way the engine will before it is queued.
+    """
 
     @property
-    def job_id(self) -> str:
-        return self.job.id
+    def defaults(self) -> EditSettings: ...
+    @property
+    def template_names(self) -> tuple[str, ...]: ...
+    @property
+    def limits(self) -> LimitsConfig: ...
+    def inversion_key(self, settings: EditSettings) -> str: ...
+    def check_inputs(self, request: EditRequest) -> CheckedInput: ...
 
-    async def progress(self) -> AsyncIterator[Progress]:
-        """The worker's updates until the job ends (nothing for a job that never reached it)."""
-        if self._handle is None:
-            return
-        async for update in self._handle.progress():
-            yield update
 
-    async def result(self) -> Version:
-        """The new version; raises UserError (failed, postponed) or EditCancelled."""
-        return await asyncio.shield(self._outcome)
+Listener = Callable[[Ticket], Awaitable[None]]
 
 
 def _new_seed() -> int:
@@ -117,41 +90,36 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _retrieve(future: asyncio.Future[Version]) -> None:
-    """Mark an outcome's exception as seen: a ticket's result may never be awaited (no log noise)."""
-    if not future.cancelled():
-        future.exception()
-
-
 class EditService:
-    """Conversations as edit trees over one store and one edit worker.
+    """Conversations as edit trees over one store, one edit worker and the editor it runs.
 
-    ``check_inputs(request)`` validates a request the way the engine will (``Editor.check_inputs``)
-    and returns the normalised image, so bad input is refused before it is queued and the
-    original stored is exactly what the engine edits. The service starts and stops the
-    worker. Use it from one event loop.
+    ``editor.check_inputs(request)`` validates a request the way the engine will and returns
+    the normalised image, so bad input is refused before it is queued and the original
+    stored is exactly what the engine edits. The service starts and stops the worker. Use
+    it from one event loop.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        worker: EditWorker,
-        defaults: EditSettings,
-        inversion_key: Callable[[EditSettings], str],
-        *,
-        check_inputs: Callable[[EditRequest], CheckedInput],
-        templates: tuple[str, ...] | None = None,
-    ) -> None:
+    def __init__(self, store: Store, worker: EditWorker, editor: ServiceEditor) -> None:
         self._store = store
         self._worker = worker
-        self._defaults = defaults
-        self._inversion_key = inversion_key
-        self._check_inputs = check_inputs
-        self._templates = templates
+        self._editor = editor
+        self._jobs = JobRunner(store, worker, editor.inversion_key)
         self._listeners: list[Listener] = []
-        self._runners: dict[str, asyncio.Task[None]] = {}
-        #: Per conversation: resolved once its latest submitted job is recorded or ended.
-        self._last_in_line: dict[str, asyncio.Future[None]] = {}
+
+    @property
+    def defaults(self) -> EditSettings:
+        """The edit settings of a place without overrides."""
+        return self._editor.defaults
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        """The prompt templates a place's ``template`` setting may name."""
+        return self._editor.template_names
+
+    @property
+    def limits(self) -> LimitsConfig:
+        """What an upload and an instruction may be, so a transport can refuse them early."""
+        return self._editor.limits
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -163,7 +131,7 @@ class EditService:
     async def start(self) -> None:
         """Start the worker and take up the jobs a crash or a stop left unfinished."""
         await self._worker.start()
-        tickets = [self._recover_or_fail(job) for job in self._store.unfinished_jobs()]
+        tickets = self._jobs.recover()
         calls = [listener(ticket) for ticket in tickets for listener in self._listeners]
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):
@@ -172,8 +140,7 @@ class EditService:
     async def stop(self) -> None:
         """Stop the worker; jobs it did not finish stay queued in the store for the next start."""
         await self._worker.stop(drain=False)
-        if self._runners:
-            await asyncio.wait(list(self._runners.values()))
+        await self._jobs.settle()
 
     # --- requests -----------------------------------------------------------------------
 
@@ -201,7 +168,7 @@ class EditService:
             input_size=checked.image.size,
             reply_context=reply_context or {},
         )
-        return self._submit(job)
+        return self._jobs.submit(job)
 
     def continue_edit(
         self,
@@ -249,7 +216,7 @@ class EditService:
             return False
         if self._worker.cancel(job_id):
             return True
-        if job_id in self._runners:
+        if self._jobs.following(job_id):
             return False  # finished in the worker a moment ago; its result is being saved
         # Left over from an earlier run and not taken up (start() not called yet).
         self._store.finish_job(job_id, "cancelled", "The edit was cancelled.")
@@ -297,15 +264,7 @@ class EditService:
 
     def contact_sheet(self, version_id: str) -> bytes:
         """A PNG of the lineage: thumbnails in order with their instructions and authors."""
-        lineage = self.history(version_id)
-        numbered = list(enumerate(lineage, start=1))
-        if len(numbered) > CONTACT_SHEET_LIMIT:
-            numbered = numbered[:1] + numbered[-(CONTACT_SHEET_LIMIT - 1) :]
-        title = f"{len(lineage)} step{'s' if len(lineage) != 1 else ''} to version {version_id}"
-        if len(numbered) < len(lineage):
-            title += f" (steps 2-{numbered[1][0] - 1} not shown)"
-        steps = [(number, version, self.image_png(version.id)) for number, version in numbered]
-        return draw_contact_sheet(title, steps)
+        return draw_lineage(self.history(version_id), self.image_png, CONTACT_SHEET_LIMIT)
 
     def version_for_message(self, transport: str, message_id: str | int) -> Version | None:
         return self._store.version_for_message(transport, str(message_id))
@@ -320,7 +279,7 @@ class EditService:
 
         A thread inherits its channel's overrides and may override them again.
         """
-        known = self._defaults.to_dict()
+        known = self.defaults.to_dict()
         layers = [place] if place.parent is None else [place.parent, place]
         overrides = {
             name: value
@@ -328,19 +287,19 @@ class EditService:
             for name, value in self._store.place_settings(layer).items()
             if name in known
         }
-        return self._defaults.replace(**overrides)
+        return self.defaults.replace(**overrides)
 
     def update_channel_settings(self, place: Place, **changes: Any) -> EditSettings:
         """Override settings for a place; a value of None goes back to the default."""
-        unknown = sorted(set(changes) - set(self._defaults.to_dict()))
+        unknown = sorted(set(changes) - set(self.defaults.to_dict()))
         if unknown:
             raise Rejected(
-                f"Unknown setting(s): {', '.join(unknown)}. Known: {', '.join(self._defaults.to_dict())}."
+                f"Unknown setting(s): {', '.join(unknown)}. Known: {', '.join(self.defaults.to_dict())}."
             )
         current = self.channel_settings(place)
         candidate = current.replace(**{name: value for name, value in changes.items() if value is not None})
         try:
-            candidate.validate(self._templates)
+            candidate.validate(self.templates)
         except InvalidInput as error:
             raise Rejected(str(error)) from error
         self._store.update_place(place, "settings", changes)
@@ -356,24 +315,13 @@ class EditService:
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, jobs by state, cache size and recent latencies, for the ops endpoint."""
-        latencies = self._store.recent_latencies()
-        waits = [wait for wait, _ in latencies]
-        runs = [run for _, run in latencies]
-        return {
-            "queue_depth": self._worker.queue_depth,
-            "running_job_id": self._worker.running_job_id,
-            "jobs": self._store.job_counts(),
-            "inversion_cache_bytes": self._store.inversion_cache_size(),
-            "recent_edits": len(latencies),
-            "wait_s": _summary(waits),
-            "run_s": _summary(runs),
-        }
+        return self._jobs.stats()
 
     # --- internals ------------------------------------------------------------------------
 
     def _check(self, request: EditRequest) -> CheckedInput:
         try:
-            return self._check_inputs(request)
+            return self._editor.check_inputs(request)
         except InvalidInput as error:
             raise Rejected(str(error)) from error
 
@@ -437,155 +385,4 @@ class EditService:
             captions=edit.captions,
             reply_context=reply_context or {},
         )
-        return self._submit(job)
-
-    def _build_request(self, job_id: str) -> EditRequest:
-        """The job's edit request, with the source's cached inversion and caption when known."""
-        spec = self._store.job_spec(job_id)
-        inversion = None
-        source_id = spec.job.source_version_id
-        if source_id is not None:
-            key = self._inversion_key(spec.settings)
-            data = self._store.get_inversion(source_id, key)
-            if data is not None:
-                try:
-                    inversion = Inversion.from_bytes(data)
-                except ValueError:
-                    log.warning("dropping an unreadable cached inversion of version %s", source_id)
-                    self._store.drop_inversion(source_id, key)
-        return EditRequest(
-            image=spec.image_png,
-            instruction=spec.job.instruction,
-            settings=spec.settings,
-            seed=spec.seed,
-            inversion=inversion,
-            caption=spec.source_caption,
-            captions=spec.captions,
-        )
-
-    def _submit(self, job: Job) -> Ticket:
-        request = self._build_request(job.id)
-        try:
-            handle = self._worker.submit(job.id, job.requester_id, request)
-        except WorkerRejected as error:
-            self._store.discard_job(job.id)
-            raise Rejected(str(error)) from error
-        return self._follow(job, handle, request)
-
-    def _recover_or_fail(self, job: Job) -> Ticket:
-        """One unreadable leftover job (say, settings an older version wrote) must not stop the bot."""
-        try:
-            return self._recover(job)
-        except Exception:
-            log.exception("job %s could not be taken up again after a restart", job.id)
-            ended = self._store.finish_job(job.id, "failed", UNEXPECTED_MESSAGE)
-            return self._ended_ticket(ended, JobFailed(UNEXPECTED_MESSAGE))
-
-    def _recover(self, job: Job) -> Ticket:
-        """Queue a job left over by a crash or stop again, or end it if it keeps crashing."""
-        if job.state == "running" and job.attempts >= MAX_RUNS:
-            log.warning("job %s was interrupted %d times; giving up", job.id, job.attempts)
-            ended = self._store.finish_job(job.id, "interrupted", INTERRUPTED_MESSAGE)
-            return self._ended_ticket(ended, JobFailed(INTERRUPTED_MESSAGE))
-        self._store.requeue(job.id, refund_attempt=False)
-        request = self._build_request(job.id)
-        try:
-            handle = self._worker.submit(job.id, job.requester_id, request)
-        except WorkerRejected as error:
-            ended = self._store.finish_job(job.id, "failed", str(error))
-            return self._ended_ticket(ended, JobFailed(str(error)))
-        log.info("job %s taken up again after a restart", job.id)
-        return self._follow(self.get_job(job.id), handle, request)
-
-    def _ended_ticket(self, job: Job, error: UserError) -> Ticket:
-        outcome: asyncio.Future[Version] = asyncio.get_running_loop().create_future()
-        outcome.add_done_callback(_retrieve)
-        outcome.set_exception(error)
-        return Ticket(job, None, outcome)
-
-    def _follow(self, job: Job, handle: JobHandle, request: EditRequest) -> Ticket:
-        """Start the task that records the job's outcome, in line behind its conversation."""
-        loop = asyncio.get_running_loop()
-        ahead = self._last_in_line.get(job.conversation_id)
-        done_here: asyncio.Future[None] = loop.create_future()
-        self._last_in_line[job.conversation_id] = done_here
-        outcome: asyncio.Future[Version] = loop.create_future()
-        outcome.add_done_callback(_retrieve)
-        task = asyncio.create_task(
-            self._run(job, handle, request, ahead=ahead, done_here=done_here, outcome=outcome)
-        )
-        self._runners[job.id] = task
-        task.add_done_callback(lambda _: self._runners.pop(job.id, None))
-        return Ticket(job, handle, outcome)
-
-    async def _run(
-        self,
-        job: Job,
-        handle: JobHandle,
-        request: EditRequest,
-        *,
-        ahead: asyncio.Future[None] | None,
-        done_here: asyncio.Future[None],
-        outcome: asyncio.Future[Version],
-    ) -> None:
-        watcher = asyncio.create_task(self._mark_when_running(job.id, handle))
-        try:
-            try:
-                result = await handle.result()
-            finally:
-                await watcher
-            if ahead is not None:
-                await ahead
-            edit = await asyncio.to_thread(_edit_outcome, result, request)
-            outcome.set_result(self._store.record_result(job.id, edit))
-        except WorkerStopped:
-            self._store.requeue(job.id, refund_attempt=True)
-            outcome.set_exception(Postponed(POSTPONED_MESSAGE))
-        except EditCancelled as error:
-            self._store.finish_job(job.id, "cancelled", "The edit was cancelled.")
-            outcome.set_exception(EditCancelled(str(error)))
-        except EditFailed as error:
-            self._store.finish_job(job.id, "failed", error.user_message)
-            outcome.set_exception(JobFailed(error.user_message))
-        except Exception:
-            log.exception("recording job %s failed", job.id)
-            with contextlib.suppress(Exception):
-                self._store.finish_job(job.id, "failed", UNEXPECTED_MESSAGE)
-            outcome.set_exception(JobFailed(UNEXPECTED_MESSAGE))
-        finally:
-            done_here.set_result(None)
-            if self._last_in_line.get(job.conversation_id) is done_here:
-                del self._last_in_line[job.conversation_id]
-
-    async def _mark_when_running(self, job_id: str, handle: JobHandle) -> None:
-        """Record the start of the run (and count the attempt) when the worker takes the job."""
-        async for update in handle.progress():
-            if update.state == "running":
-                self._store.mark_running(job_id)
-                break
-
-
-def _edit_outcome(result: EditResult, request: EditRequest) -> EditOutcome:
-    """Encode a result for the store (PNG, serialised inversion); runs off the event loop."""
-    inverted_now = result.inversion is not request.inversion
-    return EditOutcome(
-        image_png=result.image_png(),
-        width=result.image.width,
-        height=result.image.height,
-        caption=result.caption,
-        before_captions=tuple(result.before_captions),
-        after_captions=tuple(result.after_captions),
-        inversion=result.inversion.to_bytes() if inverted_now else None,
-        inversion_key=result.inversion.key,
-    )
-
-
-def _summary(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return {
-        "mean": statistics.fmean(ordered),
-        "p50": ordered[len(ordered) // 2],
-        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-    }
+        return self._jobs.submit(job)

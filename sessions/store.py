@@ -13,17 +13,17 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from editor.types import EditSettings
+from sessions.inversions import InversionCache
 from sessions.models import Author, Job, JobKind, Place, Version
-
-MIGRATIONS = Migrations("sessions")
+from sessions.schema import JOB_COLUMNS, MIGRATIONS, VERSION_COLUMNS, job_from_row, version_from_row
 
 _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o, 1/l/i: easy to read back and type
 
@@ -31,115 +31,6 @@ _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o, 1/l/i: easy to read 
 def new_id(length: int = 10) -> str:
     """A short URL-safe random id (about 50 bits) that fits in a Discord custom_id."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
-
-
-@MIGRATIONS()
-def m001_initial_schema(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE conversations (
-            id TEXT PRIMARY KEY,
-            place_key TEXT NOT NULL,
-            transport TEXT NOT NULL,
-            guild_id TEXT,
-            channel_id TEXT NOT NULL,
-            thread_id TEXT,
-            created_at REAL NOT NULL
-        );
-        CREATE INDEX conversations_by_place ON conversations(place_key);
-
-        CREATE TABLE versions (
-            id TEXT PRIMARY KEY,
-            conversation_id TEXT NOT NULL REFERENCES conversations(id),
-            parent_id TEXT REFERENCES versions(id),
-            author_id TEXT NOT NULL,
-            author_name TEXT NOT NULL,
-            instruction TEXT,
-            caption TEXT,
-            before_captions TEXT NOT NULL DEFAULT '[]',
-            after_captions TEXT NOT NULL DEFAULT '[]',
-            settings TEXT,
-            seed INTEGER,
-            image BLOB NOT NULL CHECK (length(image) > 0),
-            width INTEGER NOT NULL,
-            height INTEGER NOT NULL,
-            image_caption TEXT,
-            created_at REAL NOT NULL,
-            CHECK (parent_id IS NOT NULL OR instruction IS NULL)
-        );
-        CREATE INDEX versions_by_conversation ON versions(conversation_id);
-        CREATE INDEX versions_by_parent ON versions(parent_id);
-
-        CREATE TABLE message_links (
-            transport TEXT NOT NULL,
-            message_id TEXT NOT NULL,
-            version_id TEXT NOT NULL REFERENCES versions(id),
-            created_at REAL NOT NULL,
-            PRIMARY KEY (transport, message_id)
-        );
-
-        CREATE TABLE jobs (
-            id TEXT PRIMARY KEY,
-            conversation_id TEXT NOT NULL REFERENCES conversations(id),
-            requester_id TEXT NOT NULL,
-            requester_name TEXT NOT NULL,
-            source_version_id TEXT REFERENCES versions(id),
-            kind TEXT NOT NULL CHECK (kind IN ('start', 'continue', 'retry', 'stronger', 'subtler')),
-            instruction TEXT NOT NULL,
-            settings TEXT NOT NULL,
-            seed INTEGER NOT NULL,
-            captions TEXT,
-            input_image BLOB,
-            input_width INTEGER,
-            input_height INTEGER,
-            state TEXT NOT NULL CHECK (
-                state IN ('queued', 'running', 'done', 'failed', 'cancelled', 'interrupted')),
-            error TEXT,
-            created_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL,
-            result_version_id TEXT REFERENCES versions(id),
-            reply_context TEXT NOT NULL DEFAULT '{}',
-            attempts INTEGER NOT NULL DEFAULT 0,
-            CHECK (kind = 'start' OR source_version_id IS NOT NULL),
-            CHECK (state <> 'done' OR result_version_id IS NOT NULL)
-        );
-        CREATE INDEX jobs_by_state ON jobs(state);
-
-        CREATE TABLE inversions (
-            version_id TEXT NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
-            key TEXT NOT NULL,
-            data BLOB NOT NULL,
-            size INTEGER NOT NULL,
-            last_used REAL NOT NULL,
-            PRIMARY KEY (version_id, key)
-        );
-        CREATE INDEX inversions_by_use ON inversions(last_used);
-
-        CREATE TABLE places (
-            key TEXT PRIMARY KEY,
-            transport TEXT NOT NULL,
-            guild_id TEXT,
-            channel_id TEXT NOT NULL,
-            thread_id TEXT,
-            settings TEXT NOT NULL DEFAULT '{}',
-            options TEXT NOT NULL DEFAULT '{}'
-        );
-        """
-    )
-
-
-_VERSION_FIELDS = (
-    *("id", "conversation_id", "parent_id", "author_id", "author_name", "instruction", "caption"),
-    *("before_captions", "after_captions", "settings", "seed", "width", "height", "created_at"),
-    "image_caption",
-)
-#: Every column of ``versions`` but the image, which only ``image_png`` reads.
-_VERSION_COLUMNS = ", ".join(f"versions.{name}" for name in _VERSION_FIELDS)
-_JOB_COLUMNS = (
-    "id, conversation_id, requester_id, requester_name, source_version_id, kind, instruction, state, "
-    "error, created_at, started_at, finished_at, result_version_id, reply_context, attempts"
-)
 
 
 @dataclass(frozen=True)
@@ -177,7 +68,7 @@ class Store:
 
     def __init__(self, db: Database, inversion_cache_bytes: int) -> None:
         self.db = db
-        self.inversion_cache_bytes = inversion_cache_bytes
+        self.inversions = InversionCache(db, inversion_cache_bytes)
 
     @classmethod
     def open(
@@ -210,8 +101,8 @@ class Store:
         return Place(**row)
 
     def get_version(self, version_id: str) -> Version | None:
-        row = self._one(f"SELECT {_VERSION_COLUMNS} FROM versions WHERE id = ?", [version_id])
-        return None if row is None else _version(row)
+        row = self._one(f"SELECT {VERSION_COLUMNS} FROM versions WHERE id = ?", [version_id])
+        return None if row is None else version_from_row(row)
 
     def image_png(self, version_id: str) -> bytes | None:
         row = self.db.execute("SELECT image FROM versions WHERE id = ?", [version_id]).fetchone()
@@ -227,21 +118,21 @@ class Store:
                 SELECT versions.id, versions.parent_id, lineage.depth + 1
                 FROM versions JOIN lineage ON versions.id = lineage.parent_id
             )
-            SELECT {_VERSION_COLUMNS}
+            SELECT {VERSION_COLUMNS}
             FROM lineage JOIN versions ON versions.id = lineage.id
             ORDER BY lineage.depth DESC
             """,
             {"id": version_id},
         )
-        return [_version(row) for row in rows]
+        return [version_from_row(row) for row in rows]
 
     def conversation_versions(self, conversation_id: str) -> list[Version]:
         """Every version of a conversation in the order they were recorded."""
         rows = self.db.query(
-            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE conversation_id = ? ORDER BY rowid",
+            f"SELECT {VERSION_COLUMNS} FROM versions WHERE conversation_id = ? ORDER BY rowid",
             [conversation_id],
         )
-        return [_version(row) for row in rows]
+        return [version_from_row(row) for row in rows]
 
     # --- jobs --------------------------------------------------------------------------
 
@@ -267,7 +158,7 @@ class Store:
                 if place is None or input_png is None or input_size is None:
                     raise ValueError("a start job needs a place and an input image with its size")
                 conversation_id = new_id()
-                self.db["conversations"].insert(
+                self.db.table("conversations").insert(
                     {
                         "id": conversation_id,
                         "place_key": place.key,
@@ -284,7 +175,7 @@ class Store:
                     raise ValueError(f"no version {source_version_id!r} to edit")
                 conversation_id = source.conversation_id
             job_id = new_id()
-            self.db["jobs"].insert(
+            self.db.table("jobs").insert(
                 {
                     "id": job_id,
                     "conversation_id": conversation_id,
@@ -319,8 +210,8 @@ class Store:
                 self.db.execute("DELETE FROM conversations WHERE id = ?", [row["conversation_id"]])
 
     def get_job(self, job_id: str) -> Job | None:
-        row = self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", [job_id])
-        return None if row is None else _job(row)
+        row = self._one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", [job_id])
+        return None if row is None else job_from_row(row)
 
     def job_spec(self, job_id: str) -> JobSpec:
         """The job with the image, settings, seed and captions its request is built from."""
@@ -349,9 +240,9 @@ class Store:
     def unfinished_jobs(self) -> list[Job]:
         """Jobs left queued or running (by a crash or a stop), oldest first."""
         rows = self.db.query(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, rowid"
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, rowid"
         )
-        return [_job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     def mark_running(self, job_id: str) -> None:
         """The worker started the job: count the attempt before any work is done."""
@@ -404,20 +295,14 @@ class Store:
             if row is None or row["state"] not in ("queued", "running"):
                 raise ValueError(f"job {job_id!r} is not waiting for a result")
             if row["kind"] == "start":
-                source_id = new_id()
-                self.db["versions"].insert(
-                    {
-                        "id": source_id,
-                        "conversation_id": row["conversation_id"],
-                        "parent_id": None,
-                        "author_id": row["requester_id"],
-                        "author_name": row["requester_name"],
-                        "image": row["input_image"],
-                        "width": row["input_width"],
-                        "height": row["input_height"],
-                        "image_caption": outcome.caption,
-                        "created_at": now,
-                    }
+                source_id = self._insert_version(
+                    row,
+                    now,
+                    parent_id=None,
+                    image=row["input_image"],
+                    width=row["input_width"],
+                    height=row["input_height"],
+                    image_caption=outcome.caption,
                 )
             else:
                 source_id = row["source_version_id"]
@@ -425,28 +310,22 @@ class Store:
                     "UPDATE versions SET image_caption = ? WHERE id = ? AND image_caption IS NULL",
                     [outcome.caption, source_id],
                 )
-            version_id = new_id()
-            self.db["versions"].insert(
-                {
-                    "id": version_id,
-                    "conversation_id": row["conversation_id"],
-                    "parent_id": source_id,
-                    "author_id": row["requester_id"],
-                    "author_name": row["requester_name"],
-                    "instruction": row["instruction"],
-                    "caption": outcome.caption,
-                    "before_captions": json.dumps(list(outcome.before_captions)),
-                    "after_captions": json.dumps(list(outcome.after_captions)),
-                    "settings": row["settings"],
-                    "seed": row["seed"],
-                    "image": outcome.image_png,
-                    "width": outcome.width,
-                    "height": outcome.height,
-                    "created_at": now,
-                }
+            version_id = self._insert_version(
+                row,
+                now,
+                parent_id=source_id,
+                instruction=row["instruction"],
+                caption=outcome.caption,
+                before_captions=json.dumps(list(outcome.before_captions)),
+                after_captions=json.dumps(list(outcome.after_captions)),
+                settings=row["settings"],
+                seed=row["seed"],
+                image=outcome.image_png,
+                width=outcome.width,
+                height=outcome.height,
             )
             if outcome.inversion is not None:
-                self._put_inversion(source_id, outcome.inversion_key, outcome.inversion, now)
+                self.inversions.put(source_id, outcome.inversion_key, outcome.inversion, now)
             self.db.execute(
                 "UPDATE jobs SET state = 'done', finished_at = ?, result_version_id = ?, "
                 "source_version_id = ?, input_image = NULL, error = NULL WHERE id = ?",
@@ -456,56 +335,25 @@ class Store:
         assert version is not None
         return version
 
-    # --- inversion cache ------------------------------------------------------------------
-
-    def get_inversion(self, version_id: str, key: str) -> bytes | None:
-        """A cached inversion of a version's image, marked as just used."""
-        row = self.db.execute(
-            "SELECT data FROM inversions WHERE version_id = ? AND key = ?", [version_id, key]
-        ).fetchone()
-        if row is None:
-            return None
-        self.db.execute(
-            "UPDATE inversions SET last_used = ? WHERE version_id = ? AND key = ?",
-            [time.time(), version_id, key],
+    def _insert_version(self, job: Mapping[str, Any], now: float, **columns: Any) -> str:
+        """Insert a version by the job's requester in the job's conversation; return its new id."""
+        version_id = new_id()
+        self.db.table("versions").insert(
+            {
+                "id": version_id,
+                "conversation_id": job["conversation_id"],
+                "author_id": job["requester_id"],
+                "author_name": job["requester_name"],
+                "created_at": now,
+                **columns,
+            }
         )
-        return bytes(row[0])
-
-    def drop_inversion(self, version_id: str, key: str) -> None:
-        """Forget an unreadable cache entry."""
-        self.db.execute("DELETE FROM inversions WHERE version_id = ? AND key = ?", [version_id, key])
-
-    def inversion_cache_size(self) -> int:
-        return self.db.execute("SELECT coalesce(sum(size), 0) FROM inversions").fetchone()[0]
-
-    def _put_inversion(self, version_id: str, key: str, data: bytes, now: float) -> None:
-        self.db["inversions"].upsert(
-            {"version_id": version_id, "key": key, "data": data, "size": len(data), "last_used": now},
-            pk=("version_id", "key"),
-        )
-        self._evict_inversions()
-
-    def _evict_inversions(self) -> None:
-        """Keep the most recently used inversions that fit the byte budget, newest first.
-
-        One entry larger than the whole budget is dropped alone rather than emptying the cache.
-        """
-        kept = 0
-        doomed = []
-        for version_id, key, size in self.db.execute(
-            "SELECT version_id, key, size FROM inversions ORDER BY last_used DESC, rowid DESC"
-        ).fetchall():
-            if kept + size <= self.inversion_cache_bytes:
-                kept += size
-            else:
-                doomed.append((version_id, key))
-        for version_id, key in doomed:
-            self.db.execute("DELETE FROM inversions WHERE version_id = ? AND key = ?", [version_id, key])
+        return version_id
 
     # --- message links ----------------------------------------------------------------
 
     def link_message(self, transport: str, message_id: str, version_id: str) -> None:
-        self.db["message_links"].upsert(
+        self.db.table("message_links").upsert(
             {
                 "transport": transport,
                 "message_id": str(message_id),
@@ -573,43 +421,3 @@ class Store:
 
     def _one(self, sql: str, params: list[Any]) -> dict[str, Any] | None:
         return next(iter(self.db.query(sql, params)), None)
-
-
-def _version(row: dict[str, Any]) -> Version:
-    return Version(
-        id=row["id"],
-        conversation_id=row["conversation_id"],
-        parent_id=row["parent_id"],
-        author_id=row["author_id"],
-        author_name=row["author_name"],
-        instruction=row["instruction"],
-        caption=row["caption"],
-        before_captions=tuple(json.loads(row["before_captions"])),
-        after_captions=tuple(json.loads(row["after_captions"])),
-        settings=EditSettings.from_dict(json.loads(row["settings"])) if row["settings"] else None,
-        seed=row["seed"],
-        width=row["width"],
-        height=row["height"],
-        created_at=row["created_at"],
-        image_caption=row["image_caption"],
-    )
-
-
-def _job(row: dict[str, Any]) -> Job:
-    return Job(
-        id=row["id"],
-        conversation_id=row["conversation_id"],
-        requester_id=row["requester_id"],
-        requester_name=row["requester_name"],
-        source_version_id=row["source_version_id"],
-        kind=row["kind"],
-        instruction=row["instruction"],
-        state=row["state"],
-        error=row["error"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        result_version_id=row["result_version_id"],
-        reply_context=json.loads(row["reply_context"]),
-        attempts=row["attempts"],
-    )

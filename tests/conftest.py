@@ -14,8 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``config.yaml`` of a folder of tiny models written by ``editor.tiny``."""
-    from editor.tiny import write_tiny_models
+    """``config.yaml`` of a folder of tiny models: the engine's and the evaluation's CLIP and DINO."""
+    from evaluation.tiny import write_tiny_models
 
     return write_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 

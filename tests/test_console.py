@@ -1,4 +1,4 @@
-"""The console chat: driven line by line like a pipe, on the fake engine and end to end on tiny models."""
+"""The console chat: driven line by line like a pipe, on the stand-in engine and end to end on tiny models."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
-from editor.types import EditSettings
 from handlers.console import ConsoleChat, serve_console
-from sessions.models import Author, Place
+from sessions import Author, EditSettings, Place
 from sessions.store import Store
-from tests.fake_editor import TintEditor, tint_service
+from tests.support.editor import StandInEditor, stand_in_app
 
 REPO = Path(__file__).resolve().parent.parent
 ANN = Author("console:ann", "ann")
@@ -30,14 +30,20 @@ def write_picture(path: Path, size: tuple[int, int] = (64, 48)) -> Path:
     return path
 
 
-async def chat(store: Store, outputs: Path, script: str, editor: TintEditor | None = None) -> str:
-    """Run one console session over ``script`` (as if piped in) and return what it printed."""
-    service = tint_service(store, editor or TintEditor())
+async def chat(database: Path, outputs: Path, script: str, editor: StandInEditor | None = None) -> str:
+    """Run one console session over ``script`` (as if piped in) and return what it printed.
+
+    Like a run of ``bot.py``, each session composes its own parts on the database, then closes them.
+    """
+    app = stand_in_app(database, editor or StandInEditor())
     printed = io.StringIO()
     console = ConsoleChat(
-        service, session="console", author=ANN, outputs=outputs, stdin=io.StringIO(script), stdout=printed
+        app.service, session="console", author=ANN, outputs=outputs, stdin=io.StringIO(script), stdout=printed
     )
-    await serve_console(service, console)
+    try:
+        await serve_console(app.service, console)
+    finally:
+        app.close()
     return printed.getvalue()
 
 
@@ -46,13 +52,21 @@ def done_ids(printed: str) -> list[str]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    opened = Store.open(tmp_path / "var" / "bot.db")
+def database(tmp_path: Path) -> Path:
+    return tmp_path / "var" / "bot.db"
+
+
+@pytest.fixture
+def store(database: Path) -> Iterator[Store]:
+    """The test's own connection to the database the chats use."""
+    opened = Store.open(database)
     yield opened
     opened.close()
 
 
-async def test_a_piped_session_edits_and_uses_every_command(tmp_path: Path, store: Store) -> None:
+async def test_a_piped_session_edits_and_uses_every_command(
+    tmp_path: Path, database: Path, store: Store
+) -> None:
     picture = write_picture(tmp_path / "my picture.png")
     (tmp_path / "notes.txt").write_text("not an image", encoding="utf-8")
     outputs = tmp_path / "outputs"
@@ -81,7 +95,7 @@ async def test_a_piped_session_edits_and_uses_every_command(tmp_path: Path, stor
             "this line is never read",
         ]
     )
-    printed = await chat(store, outputs, script)
+    printed = await chat(database, outputs, script)
 
     assert "There is no image yet" in printed
     assert "Please say which image to load" in printed
@@ -110,31 +124,34 @@ async def test_a_piped_session_edits_and_uses_every_command(tmp_path: Path, stor
 
 
 async def test_unreadable_paths_and_input_get_a_polite_answer_and_no_hang(
-    tmp_path: Path, store: Store
+    tmp_path: Path, database: Path
 ) -> None:
     printed = await chat(
-        store, tmp_path / "outputs", "/load ~no-such-user-here/cat.png\n/load a\0b.png\n/help\n"
+        database, tmp_path / "outputs", "/load ~no-such-user-here/cat.png\n/load a\0b.png\n/help\n"
     )
     assert "I can't find the home folder in ~no-such-user-here/cat.png" in printed
     assert "a character no file name can have" in printed
     assert "/stronger, /subtler" in printed  # the chat went on
 
-    service = tint_service(store, TintEditor())
+    app = stand_in_app(database, StandInEditor())
     not_text = io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait\n/help\n"), encoding="utf-8")
     printed_io = io.StringIO()
     console = ConsoleChat(
-        service, session="console", author=ANN, outputs=tmp_path, stdin=not_text, stdout=printed_io
+        app.service, session="console", author=ANN, outputs=tmp_path, stdin=not_text, stdout=printed_io
     )
-    await asyncio.wait_for(serve_console(service, console), 10)  # the reader's death ends the chat
+    try:
+        await asyncio.wait_for(serve_console(app.service, console), 10)  # the reader's death ends the chat
+    finally:
+        app.close()
     assert "Sorry: I can't read the input any more ('utf-8' codec can't decode" in printed_io.getvalue()
 
 
 async def test_an_unexpected_error_in_a_command_is_logged_and_the_chat_goes_on(
-    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, database: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     picture = write_picture(tmp_path / "cat.png")
     outputs = tmp_path / "outputs"
-    first = await chat(store, outputs, f"/load {picture} make it snowy\n")
+    first = await chat(database, outputs, f"/load {picture} make it snowy\n")
     [snowy] = done_ids(first)
 
     def broken(self: ConsoleChat, _: str) -> None:
@@ -142,20 +159,22 @@ async def test_an_unexpected_error_in_a_command_is_logged_and_the_chat_goes_on(
 
     monkeypatch.setattr(ConsoleChat, "_history", broken)
     with caplog.at_level(logging.ERROR, logger="handlers.console"):
-        printed = await chat(store, outputs, "/history\n/goto " + snowy + "\n")
+        printed = await chat(database, outputs, "/history\n/goto " + snowy + "\n")
     assert "Sorry: something went wrong with that" in printed
     assert "disk full" not in printed
     assert "disk full" in caplog.text
     assert f"Now at version {snowy}" in printed
 
 
-async def test_reopening_the_session_continues_where_it_was(tmp_path: Path, store: Store) -> None:
+async def test_reopening_the_session_continues_where_it_was(
+    tmp_path: Path, database: Path, store: Store
+) -> None:
     picture = write_picture(tmp_path / "cat.png")
     outputs = tmp_path / "outputs"
-    first = await chat(store, outputs, f"/load {picture} make it snowy\n")  # ends at end of input
+    first = await chat(database, outputs, f"/load {picture} make it snowy\n")  # ends at end of input
     [snowy] = done_ids(first)
 
-    second = await chat(store, outputs, "add a hat\n/goto " + snowy + "\n")
+    second = await chat(database, outputs, "add a hat\n/goto " + snowy + "\n")
     assert f"Continuing with version {snowy}" in second
     [hat] = done_ids(second)
     assert store.get_version(hat).parent_id == snowy
@@ -163,7 +182,7 @@ async def test_reopening_the_session_continues_where_it_was(tmp_path: Path, stor
 
 
 async def test_an_edit_interrupted_by_a_restart_is_finished_and_reported(
-    tmp_path: Path, store: Store
+    tmp_path: Path, database: Path, store: Store
 ) -> None:
     picture = write_picture(tmp_path / "cat.png")
     job = store.add_job(
@@ -179,7 +198,7 @@ async def test_an_edit_interrupted_by_a_restart_is_finished_and_reported(
     )
     store.mark_running(job.id)  # then the process died
 
-    printed = await chat(store, tmp_path / "outputs", "/captions\n")
+    printed = await chat(database, tmp_path / "outputs", "/captions\n")
     assert "Finishing “make it snowy”, started before the restart" in printed
     [version_id] = done_ids(printed)
     assert store.get_job(job.id).result_version_id == version_id

@@ -428,7 +428,7 @@ def test_reconstruction_maps_cover_every_step_and_cross_attention_layer(
             assert probs.shape[2] == 77
             torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
 
-    reused = models.guided_edit(inverted, maps, embeds.caption, embeds.direction, settings=SETTINGS)
+    reused = models.edit(inverted, embeds.caption, embeds.direction, settings=SETTINGS, reference=maps)
     assert torch.equal(reused, edit(models, inverted, embeds))
 
 
@@ -437,7 +437,7 @@ def test_maps_of_other_steps_are_refused(
 ) -> None:
     maps = CrossAttentionMaps(timesteps=(1, 2), per_step=({}, {}))
     with pytest.raises(ValueError, match="recorded over 2 steps"):
-        models.guided_edit(inverted, maps, embeds.caption, embeds.direction, settings=SETTINGS)
+        models.edit(inverted, embeds.caption, embeds.direction, settings=SETTINGS, reference=maps)
 
 
 # --- encoding and bad inputs --------------------------------------------------------------------

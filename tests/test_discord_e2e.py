@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.fake_discord import EPHEMERAL, FakeDiscord, buttons
-from tests.fake_discord_bot import (
+from tests.support.discord import EPHEMERAL, FakeDiscord, buttons
+from tests.support.discord.bot_process import (
     BotProcess,
     free_port,
     is_attachment_reply,
@@ -30,7 +30,7 @@ from tests.fake_discord_bot import (
     status_final,
     write_bot_config,
 )
-from tests.fake_discord_models import write_tiny_safety_checker
+from tests.support.safety_checker import write_tiny_safety_checker
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
 

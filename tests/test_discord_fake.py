@@ -11,7 +11,7 @@ import pytest
 import yarl
 from discord import app_commands
 
-from tests.fake_discord import EPHEMERAL, FakeDiscord, buttons
+from tests.support.discord import EPHEMERAL, FakeDiscord, buttons
 
 
 @pytest.fixture

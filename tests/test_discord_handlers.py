@@ -18,25 +18,33 @@ import pytest
 from discord import app_commands
 from PIL import Image
 
-from editor.config import ConfigError, LimitsConfig, load_yaml
-from editor.types import EditCancelled, EditSettings
-from editor.worker import Progress
-from handlers.discord import relay as relay_module
-from handlers.discord import render
+from handlers.discord import delivery, render
 from handlers.discord.bot import EditBot
 from handlers.discord.cogs import EditCommands
-from handlers.discord.config import DiscordConfig, OpsConfig, discord_config, ops_config
+from handlers.discord.delivery import Destination
 from handlers.discord.errors import UNEXPECTED, BadRequest, user_message
+from handlers.discord.flows import REPLY_HINT, Relay
 from handlers.discord.moderation import InstructionFilter
 from handlers.discord.ops import prometheus_text
 from handlers.discord.preferences import SERVER_WIDE, Preferences, channel_place
-from handlers.discord.relay import REPLY_HINT, Destination, Relay
 from handlers.discord.status import InteractionStatus, StatusUpdater
 from handlers.discord.views import InstructionModal
-from sessions.errors import NotAllowed, Rejected
-from sessions.models import Place, Version
-from sessions.service import EditService
+from sessions import (
+    AppConfig,
+    ConfigError,
+    DiscordConfig,
+    EditCancelled,
+    EditSettings,
+    NotAllowed,
+    OpsConfig,
+    Place,
+    Progress,
+    Rejected,
+    Version,
+    load_config,
+)
 from sessions.store import Store
+from tests.support.editor import StandInEditor, stand_in_app
 
 
 def version(**changes: Any) -> Version:
@@ -299,7 +307,7 @@ def test_blocked_words_match_whole_words_in_any_case_and_patterns_match_anywhere
 
 async def test_settings_need_manage_server_and_only_work_in_servers(tmp_path: Path) -> None:
     """What the tree would register: /settings is for Manage Server and guild-only."""
-    bot = EditBot(_NoService(), DiscordConfig(), OpsConfig(), LimitsConfig())  # type: ignore[arg-type]
+    bot = EditBot(_NoService(), DiscordConfig(), OpsConfig())  # type: ignore[arg-type]
     await bot.add_cog(EditCommands(bot, bot.relay, bot.service, bot.preferences, True))
     commands = {c.name: c.to_dict(bot.tree) for c in bot.tree.get_commands()}
     assert set(commands) == {"edit", "history", "help", "settings", "Edit image"}
@@ -332,28 +340,30 @@ class _NoService:
 # --- config, places, metrics ----------------------------------------------------------------------
 
 
+def discord_config(section: dict[str, Any], base_dir: str | Path = "/x") -> DiscordConfig:
+    return AppConfig.from_mapping({"discord": section}, base_dir).discord
+
+
 def test_config_reads_ids_as_text_and_refuses_mistakes(tmp_path: Path) -> None:
-    config = discord_config(
-        {"discord": {"edit_channels": [123, "456"], "safety_model": "checker"}, "_base_dir": "/x"}
-    )
+    config = discord_config({"edit_channels": [123, "456"], "safety_model": "checker"})
     assert config.edit_channels == ("123", "456")
     assert config.safety_model == "checker"  # not a local folder, so a hub id
     (tmp_path / "checker").mkdir()
-    local = discord_config({"discord": {"safety_model": "checker"}, "_base_dir": str(tmp_path)})
+    local = discord_config({"safety_model": "checker"}, tmp_path)
     assert local.safety_model == str(tmp_path / "checker")
     with pytest.raises(ConfigError, match="not a valid regular expression"):
-        discord_config({"discord": {"blocked_patterns": ["("]}})
+        discord_config({"blocked_patterns": ["("]})
     with pytest.raises(ConfigError, match="unknown key"):
-        discord_config({"discord": {"message_contents": True}})
+        discord_config({"message_contents": True})
     with pytest.raises(ConfigError, match="numbers"):
-        discord_config({"discord": {"edit_channels": ["general"]}})
-    assert ops_config({}) == OpsConfig(enabled=False, host="127.0.0.1", port=9464)
+        discord_config({"edit_channels": ["general"]})
+    assert AppConfig.from_mapping({}).ops == OpsConfig(enabled=False, host="127.0.0.1", port=9464)
 
 
 def test_the_shipped_config_documents_the_defaults() -> None:
-    data = load_yaml(Path(__file__).resolve().parent.parent / "config.yaml")
-    assert discord_config(data) == DiscordConfig()
-    assert ops_config(data) == OpsConfig()
+    config = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
+    assert config.discord == DiscordConfig()
+    assert config.ops == OpsConfig()
 
 
 def test_reply_context_round_trips_and_ignores_other_transports() -> None:
@@ -426,18 +436,24 @@ def test_metrics_are_prometheus_text() -> None:
 # --- relay and command flows with stand-ins (regressions) -------------------------------------------
 
 
-def _relay(service: Any, **config: Any) -> Relay:
+BOT_USER = SimpleNamespace(id=99)
+
+
+def _bot() -> Any:
+    """Enough of a client for the relay: its user, no guilds, channels whose messages do nothing."""
     channel = SimpleNamespace(get_partial_message=lambda message_id: None)
-    bot = SimpleNamespace(
-        user=SimpleNamespace(id=99),
+    return SimpleNamespace(
+        user=BOT_USER,
         get_guild=lambda guild_id: None,
         get_partial_messageable=lambda channel_id, guild_id=None: channel,
     )
+
+
+def _relay(service: Any, **config: Any) -> Relay:
     return Relay(
-        bot,  # type: ignore[arg-type]
+        _bot(),
         service,
         config=DiscordConfig(**config),
-        limits=LimitsConfig(),
         preferences=None,  # type: ignore[arg-type]
         safety=None,
     )
@@ -486,8 +502,15 @@ async def test_a_failing_progress_stream_still_ends_with_the_final_status() -> N
             raise EditCancelled("cancelled")
 
     status = RecordingStatus()
-    relay = _relay(None, progress_interval_s=0.0)
-    await relay._follow(Ticket(), status, Destination(3, 1, None, 1))  # type: ignore[arg-type]
+    following = delivery.Delivery(
+        _bot(),
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        preferences=None,  # type: ignore[arg-type]
+        safety=None,
+        progress_interval_s=0.0,
+    )
+    await following.follow(Ticket(), status, Destination(3, 1, None, 1))  # type: ignore[arg-type]
     assert status.edits[-1] == (render.cancelled_text("42", "make it snowy"), None)
 
 
@@ -526,7 +549,7 @@ async def test_mentioning_the_bot_in_an_empty_reply_to_a_result_gets_a_hint() ->
         type=discord.MessageType.reply,
         content="<@99>",
         reference=SimpleNamespace(message_id=10, resolved=None),
-        mentions=[relay._bot.user],
+        mentions=[BOT_USER],
         attachments=[],
         guild=None,
         channel=SimpleNamespace(id=3),
@@ -546,24 +569,17 @@ async def test_a_thread_that_cannot_be_opened_turns_the_status_into_the_reason()
     relay._thread_for = no_thread  # type: ignore[method-assign]
     interaction = _FakeInteraction()
     attachment = SimpleNamespace(id=1)
-    await relay._start_from_interaction(interaction, "make it snowy", attachment=attachment)  # type: ignore[arg-type]
+    await relay._start_from_interaction(interaction, "make it snowy", attachment)  # type: ignore[arg-type]
     assert len(interaction.sent) == 1
     assert "missing a permission" in interaction.edits[-1]
     assert not started
 
 
 async def test_settings_reset_with_a_refused_value_changes_nothing(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "bot.db")
+    app = stand_in_app(tmp_path / "bot.db", StandInEditor(defaults=EditSettings()))
     try:
-        service = EditService(
-            store,
-            None,  # type: ignore[arg-type]
-            EditSettings(),
-            lambda settings: "",
-            check_inputs=lambda request: None,  # type: ignore[arg-type,return-value]
-            templates=(EditSettings().template,),
-        )
-        bot = EditBot(_NoService(), DiscordConfig(), OpsConfig(), LimitsConfig())  # type: ignore[arg-type]
+        service = app.service
+        bot = EditBot(_NoService(), DiscordConfig(), OpsConfig())  # type: ignore[arg-type]
         cog = EditCommands(bot, bot.relay, service, bot.preferences, True)
         interaction = _FakeInteraction()
         place = channel_place(1, 3)
@@ -576,7 +592,7 @@ async def test_settings_reset_with_a_refused_value_changes_nothing(tmp_path: Pat
         assert service.channel_settings(place).direction_strength == 1.5
         await bot.close()
     finally:
-        store.close()
+        app.close()
 
 
 async def test_the_instruction_modal_stays_within_discords_text_input_limit() -> None:
@@ -594,8 +610,8 @@ async def test_fitting_a_large_result_runs_off_the_event_loop(monkeypatch: pytes
 
     monkeypatch.setattr(render, "fit_image", recording_fit)
     png = noise_png((64, 64))
-    assert (await relay_module._fit_image(png, len(png), "s")).data == png
-    assert (await relay_module._fit_image(png, len(png) - 1, "s")).filename == "s.webp"
+    assert (await delivery.fit_image(png, len(png), "s")).data == png
+    assert (await delivery.fit_image(png, len(png) - 1, "s")).filename == "s.webp"
     assert threads[0] == threading.main_thread().name
     assert threads[1] != threading.main_thread().name
 
@@ -613,7 +629,7 @@ async def test_history_of_a_result_still_being_linked_waits_for_it() -> None:
     interaction = _FakeInteraction()
 
     async def post_and_link() -> None:
-        async with relay._posting_in(interaction.channel_id):
+        async with relay._links.posting_in(interaction.channel_id):
             await asyncio.sleep(0.1)
             links[555555555555555555] = version()
 

@@ -1,4 +1,4 @@
-"""``python -m editor.evaluate`` end to end on the tiny models, and its answers to bad input."""
+"""``python -m evaluation`` end to end on the tiny models, its answers to bad input, and ``tiny-models``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from editor.config import edit_defaults, load_yaml
-from editor.evaluate.__main__ import main
-from editor.evaluate.strategies import available_strategies, evaluation_config, resolve_strategies
+from evaluation.__main__ import main
+from evaluation.strategies import available_strategies, resolve_strategies
+from sessions.config import load_config
 from tests.test_evaluate_data import global_description, write_folder_dataset, write_parquet_dataset
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
@@ -78,6 +78,12 @@ def test_both_protocols_run_end_to_end_into_one_folder(
     assert "| multi-turn (final turn) | default | 1 | 0 |" in capsys.readouterr().out
 
 
+def _main_on_shipped_config(data: Path, protocol: str, out: Path, *arguments: str) -> int:
+    """``main`` with the repository's config.yaml: its real models are never loaded in these tests."""
+    required = ["--data", str(data), "--protocol", protocol, "--out", str(out)]
+    return main([*required, *arguments, "--config", str(REPO_CONFIG)])
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -88,19 +94,7 @@ def test_both_protocols_run_end_to_end_into_one_folder(
 def test_bad_choices_are_explained_before_any_model_loads(
     tmp_path: Path, folder_data: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "--data",
-            str(folder_data),
-            "--protocol",
-            "single",
-            "--out",
-            str(tmp_path / "run"),
-            *arguments,
-            "--config",
-            str(REPO_CONFIG),
-        ]
-    )
+    code = _main_on_shipped_config(folder_data, "single", tmp_path / "run", *arguments)
 
     assert code == 2
     assert message in capsys.readouterr().err
@@ -111,20 +105,7 @@ def test_the_oracle_on_the_hub_layout_is_refused_with_the_reason(
 ) -> None:
     data = write_parquet_dataset(tmp_path / "hub")
 
-    code = main(
-        [
-            "--data",
-            str(data),
-            "--protocol",
-            "multi",
-            "--out",
-            str(tmp_path / "run"),
-            "--strategy",
-            "oracle",
-            "--config",
-            str(REPO_CONFIG),
-        ]
-    )
+    code = _main_on_shipped_config(data, "multi", tmp_path / "run", "--strategy", "oracle")
 
     assert code == 2
     assert (
@@ -133,18 +114,7 @@ def test_the_oracle_on_the_hub_layout_is_refused_with_the_reason(
 
 
 def test_a_missing_data_folder_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(
-        [
-            "--data",
-            str(tmp_path / "absent"),
-            "--protocol",
-            "single",
-            "--out",
-            str(tmp_path / "run"),
-            "--config",
-            str(REPO_CONFIG),
-        ]
-    )
+    code = _main_on_shipped_config(tmp_path / "absent", "single", tmp_path / "run")
 
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
@@ -166,11 +136,26 @@ def test_list_strategies_prints_built_ins_and_the_config_s_own(capsys: pytest.Ca
 
 
 def test_every_strategy_of_the_shipped_config_resolves() -> None:
-    data = load_yaml(REPO_CONFIG)
-    config = evaluation_config(data)
+    app = load_config(REPO_CONFIG)
+    config = app.evaluation
 
-    strategies = resolve_strategies(config, edit_defaults(data), list(available_strategies(config)))
+    strategies = resolve_strategies(config, app.edit, list(available_strategies(config)))
 
     assert config.clip == "openai/clip-vit-base-patch32"
     assert config.dino == "facebook/dino-vits16"
     assert {s.settings.template for s in strategies} == {"few_shot", "zero_shot"}
+
+
+def test_tiny_models_write_one_config_for_the_engine_and_the_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["tiny-models", str(tmp_path / "models")]) == 0
+
+    config = load_config(tmp_path / "models" / "config.yaml")
+    for path in (
+        config.engine.model_path("diffusion"),
+        config.evaluation.model_path("clip"),
+        config.evaluation.model_path("dino"),
+    ):
+        assert Path(path).is_dir()
+    assert "config.yaml written" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from editor.evaluate.dataset import DatasetError, load_dataset
+from evaluation.dataset import DatasetError, load_dataset
 
 #: session id -> colour of the input image, then one (instruction, output colour) per turn.
 SESSIONS: dict[str, tuple[tuple[int, int, int], list[tuple[str, tuple[int, int, int]]]]] = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from editor.evaluate.metrics import (
+from evaluation.metrics import (
     CLIP_MEAN,
     CLIP_STD,
     Scorer,

@@ -15,12 +15,13 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from editor.evaluate.dataset import load_dataset
-from editor.evaluate.metrics import Scorer
-from editor.evaluate.report import summarise, write_reports
-from editor.evaluate.runner import Evaluation, RunDirConflict, RunLog, TurnRow, prepare_run_dir
-from editor.evaluate.strategies import EvaluationConfig, StrategyConfig, resolve_strategies
 from editor.types import EditCounts, EditRequest, EditResult, EditSettings, InvalidInput, Inversion
+from evaluation.dataset import load_dataset
+from evaluation.metrics import Scorer
+from evaluation.report import summarise, write_reports
+from evaluation.runner import Evaluation, RunDirConflict, RunLog, TurnRow, prepare_run_dir
+from evaluation.strategies import resolve_strategies
+from sessions.config import EvaluationConfig, StrategyConfig
 from tests.test_evaluate_data import (
     global_description,
     local_description,

@@ -1,7 +1,7 @@
 """Crash recovery: a bot process is killed with SIGKILL mid-edit and started again.
 
-The process is tests/recovery_helper.py (the real store, service and worker around the
-fake engine, which can hold an edit forever), so the kill lands mid-job every time: the
+The process is tests/support/recovery_helper.py (the real store, service and worker around
+the stand-in engine, which can hold an edit forever), so the kill lands mid-job every time: the
 test waits until the database itself says the edit is running.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sessions.store import Store
-from tests.db_checks import database_problems
+from tests.support.db_checks import database_problems
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 def helper(database: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.recovery_helper", str(database), *args],
+        [sys.executable, "-m", "tests.support.recovery_helper", str(database), *args],
         cwd=REPO,
         env=os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,

@@ -1,7 +1,8 @@
 """The conversation service on a real SQLite file, through the real EditWorker.
 
-The engine is replaced at the edge by ``TintEditor`` (tests/fake_editor.py), which counts
-the BLIP captions and inversions the real engine would have computed.
+The engine is replaced at the edge by ``StandInEditor`` (tests/support/editor.py), which counts
+the BLIP captions and inversions the real engine would have computed; the parts around it are
+composed as ``bot.py`` composes them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +19,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from editor.types import EditCancelled
-from sessions.errors import JobFailed, NotAllowed, NotFound, NothingToUndo, Postponed, Rejected, UserError
-from sessions.models import Author, Place, Version
-from sessions.service import EditService, Ticket
+from sessions import (
+    App,
+    Author,
+    EditCancelled,
+    EditService,
+    JobFailed,
+    NotAllowed,
+    NotFound,
+    NothingToUndo,
+    Place,
+    Postponed,
+    Rejected,
+    Ticket,
+    UserError,
+    Version,
+)
 from sessions.store import Store
-from tests.db_checks import database_problems
-from tests.fake_editor import DEFAULTS, TintEditor, tint_service
+from tests.support.db_checks import database_problems
+from tests.support.editor import DEFAULTS, StandInEditor, stand_in_app
 
 ANN = Author("1", "Ann")
 BOB = Author("2", "Bob")
@@ -38,23 +52,40 @@ def picture(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (20
 
 
 @pytest.fixture
-def editor() -> TintEditor:
-    return TintEditor()
+def editor() -> StandInEditor:
+    return StandInEditor()
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    opened = Store.open(tmp_path / "bot.db")
-    yield opened
-    opened.close()
+def make_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
+    """Apps on one database file around stand-in editors (a fresh one unless given), closed at the end."""
+    apps: list[App] = []
+
+    def make(editor: StandInEditor | None = None, *, per_user_cap: int = 3) -> App:
+        app = stand_in_app(tmp_path / "bot.db", editor or StandInEditor(), per_user_cap=per_user_cap)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
 
 
 @pytest.fixture
-async def service(store: Store, editor: TintEditor) -> AsyncIterator[EditService]:
-    running = tint_service(store, editor)
-    await running.start()
-    yield running
-    await running.stop()
+def app(make_app: Callable[..., App], editor: StandInEditor) -> App:
+    return make_app(editor)
+
+
+@pytest.fixture
+def store(app: App) -> Store:
+    return app.store
+
+
+@pytest.fixture
+async def service(app: App) -> AsyncIterator[EditService]:
+    await app.service.start()
+    yield app.service
+    await app.service.stop()
 
 
 async def wait_for(condition: Callable[[], bool]) -> None:
@@ -104,7 +135,7 @@ async def test_a_conversation_starts_continues_undoes_and_shows_its_history(serv
 
 
 async def test_simultaneous_continues_of_one_version_become_two_branches(
-    service: EditService, editor: TintEditor
+    service: EditService, editor: StandInEditor
 ) -> None:
     first = await first_version(service)
     editor.hold("add a hat", "add a scarf")
@@ -126,7 +157,7 @@ async def test_simultaneous_continues_of_one_version_become_two_branches(
 
 
 async def test_retry_stronger_subtler_and_a_second_branch_reuse_the_inversion_and_caption(
-    service: EditService, editor: TintEditor
+    service: EditService, editor: StandInEditor
 ) -> None:
     first = await first_version(service)
     second = await service.continue_edit(first.id, ANN, "add a red hat").result()
@@ -174,8 +205,11 @@ async def test_bad_input_is_refused_before_queueing_with_the_engines_message(
     assert store.job_counts() == {"done": 1}
 
 
-async def test_the_worker_refusing_a_job_leaves_nothing_behind(store: Store, editor: TintEditor) -> None:
-    service = tint_service(store, editor, per_user_cap=1)
+async def test_the_worker_refusing_a_job_leaves_nothing_behind(
+    make_app: Callable[..., App], editor: StandInEditor
+) -> None:
+    app = make_app(editor, per_user_cap=1)
+    store, service = app.store, app.service
     await service.start()
     try:
         editor.hold("make it snowy")
@@ -190,7 +224,7 @@ async def test_the_worker_refusing_a_job_leaves_nothing_behind(store: Store, edi
         await service.stop()
 
 
-async def test_a_failed_edit_records_a_readable_error(service: EditService, editor: TintEditor) -> None:
+async def test_a_failed_edit_records_a_readable_error(service: EditService, editor: StandInEditor) -> None:
     editor.failures["make it explode"] = RuntimeError("CUDA error: device-side assert")
     ticket = service.start_edit(PLACE, ANN, picture(), "make it explode")
     with pytest.raises(JobFailed, match="Something went wrong") as failure:
@@ -203,7 +237,7 @@ async def test_a_failed_edit_records_a_readable_error(service: EditService, edit
 
 
 async def test_cancels_touch_only_their_own_job_and_strangers_may_not_cancel(
-    service: EditService, editor: TintEditor
+    service: EditService, editor: StandInEditor
 ) -> None:
     first = await first_version(service)
     editor.hold("add a hat", "add a scarf")
@@ -229,7 +263,7 @@ async def test_cancels_touch_only_their_own_job_and_strangers_may_not_cancel(
 
 
 async def test_results_of_one_conversation_are_recorded_in_the_order_asked(
-    service: EditService, editor: TintEditor
+    service: EditService, editor: StandInEditor
 ) -> None:
     first = await first_version(service)
     other = await first_version(service, "make it rainy")  # another conversation
@@ -302,9 +336,10 @@ async def test_messages_lead_back_to_their_versions_and_stats_add_up(service: Ed
     assert stats["run_s"]["p50"] >= 0
 
 
-async def test_stop_keeps_unfinished_jobs_queued_and_start_takes_them_up(store: Store) -> None:
-    editor = TintEditor()
-    service = tint_service(store, editor)
+async def test_stop_keeps_unfinished_jobs_queued_and_start_takes_them_up(
+    app: App, editor: StandInEditor, make_app: Callable[..., App]
+) -> None:
+    store, service = app.store, app.service
     await service.start()
     first = await first_version(service)
     editor.hold("add a hat")
@@ -323,7 +358,9 @@ async def test_stop_keeps_unfinished_jobs_queued_and_start_takes_them_up(store: 
     async def listener(ticket: Ticket) -> None:
         recovered.append(ticket)
 
-    again = tint_service(store, TintEditor())
+    app.close()  # the process ends; the next one opens the database again
+    restarted = make_app()
+    again = restarted.service
     again.add_listener(listener)
     await again.start()
     try:
@@ -331,12 +368,13 @@ async def test_stop_keeps_unfinished_jobs_queued_and_start_takes_them_up(store: 
         assert recovered[0].job.reply_context == {}
         results = [await t.result() for t in recovered]
         assert {v.instruction for v in results} == {"add a hat", "add a scarf"}
-        assert store.job_counts() == {"done": 3}
+        assert restarted.store.job_counts() == {"done": 3}
     finally:
         await again.stop()
 
 
-async def test_a_job_crashed_in_twice_is_reported_interrupted(store: Store) -> None:
+async def test_a_job_crashed_in_twice_is_reported_interrupted(app: App) -> None:
+    store = app.store
     job = store.add_job(
         kind="start",
         place=PLACE,
@@ -356,7 +394,7 @@ async def test_a_job_crashed_in_twice_is_reported_interrupted(store: Store) -> N
     async def listener(ticket: Ticket) -> None:
         recovered.append(ticket)
 
-    service = tint_service(store, TintEditor())
+    service = app.service
     service.add_listener(listener)
     await service.start()
     try:
@@ -370,7 +408,9 @@ async def test_a_job_crashed_in_twice_is_reported_interrupted(store: Store) -> N
         await service.stop()
 
 
-async def test_an_unreadable_leftover_job_fails_alone_and_the_bot_still_starts(store: Store) -> None:
+async def test_an_unreadable_leftover_job_fails_alone_and_the_bot_still_starts(app: App) -> None:
+    store = app.store
+
     def leftover(instruction: str) -> str:
         return store.add_job(
             kind="start",
@@ -392,7 +432,7 @@ async def test_an_unreadable_leftover_job_fails_alone_and_the_bot_still_starts(s
     async def listener(ticket: Ticket) -> None:
         recovered[ticket.job_id] = ticket
 
-    service = tint_service(store, TintEditor())
+    service = app.service
     service.add_listener(listener)
     await service.start()
     try:
@@ -417,9 +457,9 @@ def tree_actions(draw: st.DrawFn) -> list[tuple[str, int]]:
 def test_any_sequence_of_edits_keeps_a_tree_whose_histories_end_at_their_root(
     actions: list[tuple[str, int]],
 ) -> None:
-    async def scenario() -> None:
-        store = Store.open(":memory:")
-        service = tint_service(store, TintEditor(), per_user_cap=50)
+    async def scenario(folder: Path) -> None:
+        app = stand_in_app(folder / "bot.db", StandInEditor(), per_user_cap=50)
+        store, service = app.store, app.service
         await service.start()
         try:
             made: list[Version] = []
@@ -443,9 +483,10 @@ def test_any_sequence_of_edits_keeps_a_tree_whose_histories_end_at_their_root(
             assert database_problems(store) == []
         finally:
             await service.stop()
-            store.close()
+            app.close()
 
-    asyncio.run(scenario())
+    with tempfile.TemporaryDirectory() as folder:  # a fresh database for every example
+        asyncio.run(scenario(Path(folder)))
 
 
 async def test_a_long_history_shows_the_original_and_the_latest_steps(

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from editor.config import load_yaml
 from editor.types import EditSettings
-from sessions.config import ConsoleConfig, StorageConfig, console_config, storage_config
+from sessions.config import ConsoleConfig, StorageConfig, load_config
 from sessions.models import Author, Place
-from sessions.store import MIGRATIONS, EditOutcome, Store
-from tests.db_checks import database_problems
+from sessions.schema import MIGRATIONS
+from sessions.store import EditOutcome, Store
+from tests.support.db_checks import database_problems
 
 ANN = Author("1", "Ann")
 BOB = Author("2", "Bob")
@@ -117,7 +117,7 @@ def test_a_finished_start_job_records_the_original_and_the_edit(store: Store) ->
     assert job.attempts == 1
     assert job.reply_context == {"channel": 20}
     assert store.db.execute("SELECT input_image FROM jobs").fetchone()[0] is None
-    assert store.get_inversion(original.id, "k") == b"inv" * 10
+    assert store.inversions.get(original.id, "k") == b"inv" * 10
     assert store.conversation_place(version.conversation_id) == PLACE
     assert database_problems(store) == []
 
@@ -186,16 +186,16 @@ def test_inversions_are_evicted_least_recently_used_first_to_the_budget(tmp_path
         store.record_result(start_job(store), outcome(inversion=cached)).parent_id
         for cached in (b"1" * 100, b"2" * 100, None)
     )
-    assert store.get_inversion(first, "k") == b"1" * 100  # now the most recently used
+    assert store.inversions.get(first, "k") == b"1" * 100  # now the most recently used
     store.record_result(continue_job(store, third), outcome(inversion=b"3" * 100))  # caches the third's
 
-    assert store.get_inversion(second, "k") is None
-    assert store.get_inversion(first, "k") == b"1" * 100
-    assert store.get_inversion(third, "k") == b"3" * 100
-    assert store.inversion_cache_size() == 200
+    assert store.inversions.get(second, "k") is None
+    assert store.inversions.get(first, "k") == b"1" * 100
+    assert store.inversions.get(third, "k") == b"3" * 100
+    assert store.inversions.size() == 200
     store.record_result(continue_job(store, second), outcome(inversion=b"x" * 300))  # over the whole budget
-    assert store.get_inversion(second, "k") is None
-    assert store.inversion_cache_size() == 200  # the others stay
+    assert store.inversions.get(second, "k") is None
+    assert store.inversions.size() == 200  # the others stay
     store.close()
 
 
@@ -275,7 +275,7 @@ def test_an_in_memory_store_works_for_quick_checks() -> None:
 def test_the_storage_section_resolves_paths_next_to_the_config(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("storage:\n  inversion_cache_mb: 1.5\n", encoding="utf-8")
-    storage = storage_config(load_yaml(config))
+    storage = load_config(config).storage
     assert storage.database_path == tmp_path / "var" / "bot.db"
     assert storage.outputs_path == tmp_path / "outputs"
     assert storage.inversion_cache_bytes == 1_572_864
@@ -283,6 +283,6 @@ def test_the_storage_section_resolves_paths_next_to_the_config(tmp_path: Path) -
 
 def test_the_shipped_config_states_the_defaults() -> None:
     repo = Path(__file__).resolve().parent.parent
-    data = load_yaml(repo / "config.yaml")
-    assert storage_config(data) == StorageConfig(base_dir=str(repo))
-    assert console_config(data) == ConsoleConfig()
+    config = load_config(repo / "config.yaml")
+    assert config.storage == StorageConfig(base_dir=str(repo))
+    assert config.console == ConsoleConfig()

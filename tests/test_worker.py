@@ -1,13 +1,14 @@
 """The edit worker: fairness, caps, cancel, timeout, failures, progress and shutdown.
 
-Most tests drive the worker with a stub editor at the edge: it runs a few steps per job
-and can be held before its first step until the test lets it go, so orderings are
-decided by the test, not by timing. One test runs the real engine on the tiny models.
+Most tests drive the worker with the stand-in editor (tests/support/editor.py): it runs a few
+steps per job and can be held before its first step until the test lets it go, so orderings
+are decided by the test, not by timing. One test runs the real engine on the tiny models.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import threading
 import time
@@ -18,29 +19,21 @@ import pytest
 import torch
 from PIL import Image
 
-from editor.config import ConfigError, load_yaml
-from editor.types import (
-    STAGES,
-    EditCancelled,
-    EditCounts,
-    EditRequest,
-    EditResult,
-    InvalidInput,
-    Inversion,
-    StepCallback,
-)
+from editor.config import ConfigError
+from editor.progress import Progress
+from editor.types import STAGES, EditCancelled, EditRequest, EditResult, InvalidInput, StepCallback
 from editor.worker import (
     EditFailed,
     EditWorker,
-    Progress,
     QueueFull,
     UserLimitReached,
     WorkerConfig,
     WorkerRejected,
     WorkerStopped,
     WorkerStopping,
-    worker_config,
 )
+from sessions.config import AppConfig, load_config
+from tests.support.editor import StandInEditor
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
@@ -50,64 +43,18 @@ class OutOfMemoryError(RuntimeError):
     """Named like torch.cuda.OutOfMemoryError, which the worker recognises by name."""
 
 
-class StubEditor:
-    """Runs ``steps`` steps per job, named by its instruction; a held job waits to be let go."""
-
-    def __init__(self, steps: int = 3, busy_s: float = 0.0) -> None:
-        self.steps = steps
-        self.busy_s = busy_s
-        self.started: list[str] = []
-        self.failures: dict[str, BaseException] = {}
-        self._gates: dict[str, threading.Event] = {}
-
-    def hold(self, *names: str) -> None:
-        for name in names:
-            self._gates[name] = threading.Event()
-
-    def release(self, name: str) -> None:
-        self._gates[name].set()
-
-    def edit(
-        self,
-        request: EditRequest,
-        *,
-        callback: StepCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> EditResult:
-        assert callback is not None
-        assert cancel is not None
-        name = request.instruction
-        self.started.append(name)
-        if name in self.failures:
-            raise self.failures[name]
-        gate = self._gates.get(name)
-        while gate is not None and not gate.wait(0.002):
-            if cancel.is_set():
-                raise EditCancelled("stub cancelled while held")
-        for step in range(1, self.steps + 1):
-            if cancel.is_set():
-                raise EditCancelled("stub cancelled")
-            deadline = time.perf_counter() + self.busy_s
-            while time.perf_counter() < deadline:  # hold the GIL like Python-heavy work
-                pass
-            callback("edit", step, self.steps)
-        return stub_result(name)
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
-def stub_result(name: str) -> EditResult:
-    return EditResult(
-        image=Image.new("RGB", (8, 8)),
-        caption=name,
-        before_captions=(name,),
-        after_captions=(name,),
-        inversion=Inversion(latents=torch.zeros(1, 4, 1, 1), caption=name, key="stub"),
-        timings={},
-        counts=EditCounts(),
-    )
+PICTURE = _png()
 
 
 def request(name: str) -> EditRequest:
-    return EditRequest(image=b"", instruction=name)
+    """A job named by its instruction; given captions make the result's caption that name too."""
+    return EditRequest(image=PICTURE, instruction=name, caption=name, captions=((name,), (name,)))
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -122,13 +69,13 @@ async def collect(updates: AsyncIterator[Progress]) -> list[Progress]:
 
 
 @pytest.fixture
-def editor() -> StubEditor:
-    return StubEditor()
+def editor() -> StandInEditor:
+    return StandInEditor()
 
 
 @pytest.fixture
-async def make_worker(editor: StubEditor) -> AsyncIterator[Callable[..., EditWorker]]:
-    """Started workers on the stub editor, stopped at the end of the test."""
+async def make_worker(editor: StandInEditor) -> AsyncIterator[Callable[..., EditWorker]]:
+    """Started workers on the stand-in editor, stopped at the end of the test."""
     workers: list[EditWorker] = []
 
     async def start(**config: float) -> EditWorker:
@@ -255,19 +202,23 @@ async def test_cancelling_the_running_job_lets_the_next_one_run(make_worker, edi
         await a.result()
     assert a.latest.state == "cancelled"
     assert (await b.result()).caption == "b"
-    stats = worker.stats()
-    assert (stats.done, stats.failed, stats.cancelled) == (1, 0, 1)
 
 
 async def test_a_cancel_that_comes_after_the_editors_last_check_still_cancels(make_worker):
     """cancel() said yes, so the result of an edit that then finishes anyway is dropped."""
     decoding, cancelled = threading.Event(), threading.Event()
 
-    class DecodesWithoutChecking(StubEditor):
-        def edit(self, request, *, callback=None, cancel=None):
+    class DecodesWithoutChecking(StandInEditor):
+        def edit(
+            self,
+            request: EditRequest,
+            *,
+            callback: StepCallback | None = None,
+            cancel: threading.Event | None = None,
+        ) -> EditResult:
             decoding.set()
             assert cancelled.wait(5)  # e.g. the VAE decode after the last step: no cancel check
-            return stub_result(request.instruction)
+            return super().edit(request, callback=lambda *_: None, cancel=threading.Event())
 
     worker = EditWorker(DecodesWithoutChecking(), WorkerConfig())
     await worker.start()
@@ -279,8 +230,6 @@ async def test_a_cancel_that_comes_after_the_editors_last_check_still_cancels(ma
         with pytest.raises(EditCancelled):
             await job.result()
         assert job.latest.state == "cancelled"
-        stats = worker.stats()
-        assert (stats.done, stats.cancelled, stats.recent_edit_s) == (0, 1, ())
         assert (await worker.submit("b", "bob", request("b")).result()).caption == "b"
     finally:
         await worker.stop()
@@ -312,7 +261,6 @@ async def test_an_unexpected_error_is_logged_and_reported_politely(make_worker, 
     assert isinstance(failed.value.__cause__, KeyError)
     assert "internal detail" in caplog.text
     assert (await after.result()).caption == "after"
-    assert worker.stats().failed == 1
 
 
 async def test_a_system_exit_inside_the_editor_fails_only_that_job(make_worker, editor):
@@ -390,7 +338,7 @@ async def test_a_place_that_changes_and_changes_back_is_not_reported_again(make_
 
 
 async def test_a_slow_reader_gets_the_latest_state_not_every_step(make_worker):
-    editor = StubEditor(steps=500)
+    editor = StandInEditor(steps=500)
     worker = EditWorker(editor, WorkerConfig())
     await worker.start()
     try:
@@ -424,7 +372,7 @@ async def test_late_and_parallel_readers_all_see_the_end(make_worker, editor):
 
 
 async def test_the_event_loop_keeps_running_while_an_edit_hogs_the_worker(make_worker):
-    editor = StubEditor(steps=15, busy_s=0.02)
+    editor = StandInEditor(steps=15, busy_s=0.02)
     worker = EditWorker(editor, WorkerConfig())
     await worker.start()
     ticks = 0
@@ -473,24 +421,21 @@ async def test_stop_with_drain_finishes_waiting_jobs_first(make_worker, editor):
     editor.release("a")
     assert await asyncio.wait_for(stopping, 5) == []
     assert [(await a.result()).caption, (await b.result()).caption] == ["a", "b"]
-    assert worker.stats().done == 2
-    assert len(worker.stats().recent_edit_s) == 2
 
 
 def test_worker_section_of_the_shipped_config():
-    assert worker_config(load_yaml(REPO / "config.yaml")) == WorkerConfig()
+    assert load_config(REPO / "config.yaml").worker == WorkerConfig()
     with pytest.raises(ConfigError, match=r"worker: max_queue must be at least 1"):
-        worker_config({"worker": {"max_queue": 0}})
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) queue_size"):
-        worker_config({"worker": {"queue_size": 3}})
+        AppConfig.from_mapping({"worker": {"max_queue": 0}})
+    with pytest.raises(ConfigError, match=r"worker: unknown key\(s\) queue_size"):
+        AppConfig.from_mapping({"worker": {"queue_size": 3}})
 
 
 async def test_the_tiny_engine_runs_through_the_worker_and_stops_on_cancel(tiny_config):
-    from editor.config import edit_defaults, engine_config
     from editor.engine import Editor
 
-    data = load_yaml(tiny_config)
-    editor = await asyncio.to_thread(Editor.load, engine_config(data), edit_defaults(data))
+    config = load_config(tiny_config)
+    editor = await asyncio.to_thread(Editor.load, config.engine, config.edit)
     worker = EditWorker(editor, WorkerConfig())
     await worker.start()
     try:

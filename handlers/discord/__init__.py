@@ -1,5 +1,4 @@
-"""The Discord front end: ``run_discord(config, service, token)`` runs the bot until closed."""
+"""The Discord front end: ``handlers.discord.bot.run_discord(config, service, token)`` runs the bot.
 
-from handlers.discord.bot import EditBot, run_discord
-
-__all__ = ["EditBot", "run_discord"]
+Nothing is imported here, so importing a sibling (or the console) never loads discord.py.
+"""

@@ -13,30 +13,25 @@ import contextlib
 import logging
 import math
 import signal
-from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from editor.config import LimitsConfig, engine_config
 from handlers.discord.cogs import EditCommands, MessageEvents
-from handlers.discord.config import DiscordConfig, OpsConfig, discord_config, ops_config
 from handlers.discord.errors import report
+from handlers.discord.flows import Relay
 from handlers.discord.moderation import SafetyChecker
 from handlers.discord.ops import OpsServer
 from handlers.discord.preferences import Preferences
-from handlers.discord.relay import Relay
 from handlers.discord.views import CancelButton, ResultButton
-from sessions.service import EditService
+from sessions import AppConfig, DiscordConfig, EditService, OpsConfig
 
 log = logging.getLogger(__name__)
 
 
 class EditBot(commands.Bot):
-    def __init__(
-        self, service: EditService, config: DiscordConfig, ops: OpsConfig, limits: LimitsConfig
-    ) -> None:
+    def __init__(self, service: EditService, config: DiscordConfig, ops: OpsConfig) -> None:
         intents = discord.Intents.default()
         intents.message_content = config.message_content
         super().__init__(
@@ -49,9 +44,8 @@ class EditBot(commands.Bot):
         self.config = config
         safety = SafetyChecker(config.safety_model) if config.safety_model else None
         self.preferences = Preferences(service, config, safety_available=safety is not None)
-        self.relay = Relay(
-            self, service, config=config, limits=limits, preferences=self.preferences, safety=safety
-        )
+        #: What the cogs, the buttons and the modal hand their events to (``views.RelayingClient``).
+        self.relay = Relay(self, service, config=config, preferences=self.preferences, safety=safety)
         self.ops = OpsServer(ops, service.stats, self._gateway_status) if ops.enabled else None
         self._service_started = False
         self._closing = False
@@ -77,7 +71,7 @@ class EditBot(commands.Bot):
         await self.add_cog(
             EditCommands(self, self.relay, self.service, self.preferences, self.config.message_content)
         )
-        self.tree.on_error = self._on_app_command_error
+        self.tree.error(self._on_app_command_error)
         if self.config.sync_commands:
             await self._sync_commands()
         self.service.add_listener(self.relay.recovered)
@@ -124,14 +118,14 @@ class EditBot(commands.Bot):
         await super().close()
 
 
-async def run_discord(config: dict[str, Any], service: EditService, token: str) -> None:
+async def run_discord(config: AppConfig, service: EditService, token: str) -> None:
     """Run the bot until it is closed (SIGINT/SIGTERM close it cleanly).
 
-    ``config`` is the loaded config file (``editor.config.load_yaml``); the service must not
-    be started yet: the bot starts and stops it. Raises SystemExit with an explanation when
+    It reads the ``discord`` and ``ops`` sections of ``config``; the service must not be
+    started yet: the bot starts and stops it. Raises SystemExit with an explanation when
     Discord refuses the token or the privileged intent.
     """
-    bot = EditBot(service, discord_config(config), ops_config(config), engine_config(config).limits)
+    bot = EditBot(service, config.discord, config.ops)
     async with bot:
         running = asyncio.create_task(bot.start(token), name="discord-bot")
         loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""Gateway events and application commands: each one only relays to :class:`Relay` or the service.
+"""Gateway events and application commands: each one only relays to ``flows.Relay`` or the service.
 
 Errors raised here go to the tree's error handler (``bot.py``), which uses the one error
 policy of ``errors.py``.
@@ -12,13 +12,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from editor.types import EditSettings
 from handlers.discord import render
 from handlers.discord.errors import NO_MENTIONS, BadRequest
+from handlers.discord.flows import Relay
 from handlers.discord.preferences import Preferences, channel_place
-from handlers.discord.relay import Relay
-from sessions.models import Place
-from sessions.service import EditService
+from sessions import EditService, EditSettings, Place
 
 _LIMITS = EditSettings.LIMITS
 # Option ranges of /settings defaults, the same as the engine accepts.

@@ -23,8 +23,7 @@ import logging
 import discord
 from discord import app_commands
 
-from editor.types import EditCancelled, InvalidInput
-from sessions.errors import UserError
+from sessions import EditCancelled, InvalidInput, UserError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from handlers.discord.config import OpsConfig
+from sessions import OpsConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ class OpsServer:
         self._stats = stats
         self._status = status
         self._runner: web.AppRunner | None = None
-        self.port: int | None = None
 
     async def start(self) -> None:
         app = web.Application()
@@ -92,8 +91,8 @@ class OpsServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.host, self._config.port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("ops endpoint on http://%s:%s (/health, /metrics)", self._config.host, self.port)
+        port = self._runner.addresses[0][1]  # the one bound, when the config asks for any (0)
+        log.info("ops endpoint on http://%s:%s (/health, /metrics)", self._config.host, port)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from handlers.discord.config import DiscordConfig
-from sessions.models import Place
+from sessions import DiscordConfig, Place
 
 TRANSPORT = "discord"
 #: The channel id of the place holding a server's own options (no real channel has it).
@@ -25,7 +24,11 @@ class OptionsStore(Protocol):
 
 
 def channel_place(guild_id: int | None, channel_id: int, thread_id: int | None = None) -> Place:
-    return Place(TRANSPORT, guild_id, channel_id, thread_id)
+    return Place(TRANSPORT, _text(guild_id), str(channel_id), _text(thread_id))
+
+
+def _text(discord_id: int | None) -> str | None:
+    return None if discord_id is None else str(discord_id)
 
 
 class Preferences:

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import discord
 from PIL import Image
 
-from editor.types import STAGES, EditSettings
-from editor.worker import Progress
-from sessions.models import Version
+from sessions import STAGES, EditSettings, Progress, Version
 
 #: Discord refuses message content longer than this.
 MAX_CONTENT = 2000
@@ -120,10 +118,6 @@ def undo_text(version: Version, undone: Version, clicker_id: str) -> str:
     )
 
 
-def original_text(version: Version) -> str:
-    return f"🖼️ The original image, uploaded by <@{version.author_id}>."
-
-
 def captions_embed(version: Version) -> discord.Embed:
     """The details behind a result, shown only to whoever asked."""
     embed = discord.Embed(title="How this edit was made", description=quote(version.instruction or "", 1000))
@@ -161,9 +155,9 @@ def history_text(versions: Sequence[Version], limit: int) -> str:
     A lineage longer than ``limit`` shows its original and its latest steps.
     """
     lines = [f"🧬 History of this image ({len(versions)} version{'s' if len(versions) != 1 else ''}):"]
-    numbered = list(enumerate(versions, start=1))
-    if len(numbered) > limit:
-        hidden = len(numbered) - limit
+    numbered: list[tuple[int, Version | None]] = list(enumerate(versions, start=1))
+    hidden = len(numbered) - limit
+    if hidden > 0:
         numbered = [numbered[0], (0, None), *numbered[-(limit - 1) :]]
     for number, version in numbered:
         if version is None:

@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import logging
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 import discord
@@ -72,15 +71,9 @@ def _view_key(view: discord.ui.View | None) -> tuple[str, ...]:
 class StatusUpdater:
     """Shows the latest text on a status message, at most once per ``interval`` seconds."""
 
-    def __init__(
-        self,
-        message: StatusMessage,
-        interval: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, message: StatusMessage, interval: float) -> None:
         self._message = message
         self._interval = interval
-        self._clock = clock
         self._latest: tuple[str, discord.ui.View | None] | None = None
         self._sent_text: str | None = None
         self._sent_view: tuple[str, ...] | None = None
@@ -88,7 +81,6 @@ class StatusUpdater:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self.edits = 0
 
     def show(self, text: str, view: discord.ui.View | None) -> None:
         """Make ``text`` (with ``view``'s buttons) the next thing shown; returns at once."""
@@ -110,7 +102,7 @@ class StatusUpdater:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            delay = self._sent_at + self._interval - self._clock()
+            delay = self._sent_at + self._interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             await self._send_latest()
@@ -131,5 +123,4 @@ class StatusUpdater:
                 # updater, or the job's final text would never be shown.
                 log.warning("could not edit status message %s: %r", self._message.message_id, error)
             self._sent_text, self._sent_view = text, view_key
-            self._sent_at = self._clock()
-            self.edits += 1
+            self._sent_at = time.monotonic()

@@ -2,21 +2,19 @@
 
 Buttons are ``DynamicItem``s: the version or job id lives in the button's ``custom_id``, and
 the classes are registered with ``add_dynamic_items`` at start-up, so a button on a message
-posted before a restart still works. They only parse the id and hand over to the relay.
+posted before a restart still works. They only parse the id and hand over to the bot's
+relay, which they know only as the :class:`ViewActions` they need (``flows.Relay`` is one).
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 import discord
 
 from handlers.discord.errors import report
-
-if TYPE_CHECKING:
-    from handlers.discord.relay import Relay
-    from sessions.models import Version
+from sessions import Version
 
 PREFIX = "otf"
 #: Discord refuses a modal whose text input allows more than this many characters.
@@ -32,8 +30,30 @@ ACTIONS = {
 }
 
 
-def _relay(interaction: discord.Interaction) -> Relay:
-    return interaction.client.relay  # type: ignore[attr-defined]
+class ViewActions(Protocol):
+    """What the buttons and the modal hand their interaction over to."""
+
+    async def button(self, interaction: discord.Interaction, action: str, version_id: str) -> None: ...
+
+    async def cancel(self, interaction: discord.Interaction, job_id: str) -> None: ...
+
+    async def edit_from_modal(
+        self, interaction: discord.Interaction, target: discord.Message, text: str
+    ) -> None: ...
+
+
+@runtime_checkable
+class RelayingClient(Protocol):
+    """A client that carries the relay the views hand over to (``bot.EditBot``)."""
+
+    relay: ViewActions
+
+
+def _relay(interaction: discord.Interaction) -> ViewActions:
+    client = interaction.client
+    if not isinstance(client, RelayingClient):
+        raise TypeError(f"{type(client).__name__} has no relay for the buttons and the modal")
+    return client.relay
 
 
 class ResultButton(
@@ -123,5 +143,6 @@ class InstructionModal(discord.ui.Modal, title="Edit image"):
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await _relay(interaction).edit_from_modal(interaction, self.target, self.instruction.value)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+    # Modal.on_error's own signature (discord.py's Modal drops the ``item`` of BaseView.on_error).
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:  # type: ignore[override]
         await report(interaction, error)

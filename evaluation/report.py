@@ -16,38 +16,34 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from editor.evaluate.metrics import HIGHER_IS_BETTER, METRICS
-from editor.evaluate.runner import PROTOCOLS, TurnRow
+from evaluation.metrics import HIGHER_IS_BETTER, METRICS
+from evaluation.runner import PROTOCOLS, TurnRow
 
 METRIC_LABELS = {"l1": "L1", "l2": "L2", "clip_i": "CLIP-I", "dino": "DINO", "clip_t": "CLIP-T"}
 
-#: MagicBrush paper (Zhang et al., NeurIPS 2023), Table 2: L1, L2, CLIP-I, DINO, CLIP-T.
-PUBLISHED: dict[str, dict[str, tuple[float, float, float, float, float]]] = {
-    "InstructPix2Pix": {
-        "single": (0.1122, 0.0371, 0.8524, 0.7428, 0.2764),
-        "multi": (0.1584, 0.0598, 0.7924, 0.6177, 0.2726),
-    },
-    "InstructPix2Pix fine-tuned on MagicBrush": {
-        "single": (0.0625, 0.0203, 0.9332, 0.8987, 0.2781),
-        "multi": (0.0964, 0.0353, 0.8924, 0.8273, 0.2754),
-    },
-    "Null-text inversion": {
-        "single": (0.0749, 0.0197, 0.8827, 0.8206, 0.2737),
-        "multi": (0.1057, 0.0335, 0.8468, 0.7529, 0.2710),
-    },
-    "HIVE": {
-        "single": (0.1092, 0.0341, 0.8519, 0.7500, 0.2752),
-        "multi": (0.1521, 0.0557, 0.8004, 0.6463, 0.2673),
-    },
-    "SD-SDEdit": {
-        "single": (0.1014, 0.0278, 0.8526, 0.7726, 0.2777),
-        "multi": (0.1616, 0.0602, 0.7933, 0.6212, 0.2694),
-    },
-    "Text2LIVE": {
-        "single": (0.0636, 0.0169, 0.9244, 0.8807, 0.2424),
-        "multi": (0.0989, 0.0284, 0.8795, 0.7926, 0.2716),
-    },
-}
+#: MagicBrush paper (Zhang et al., NeurIPS 2023), Table 2, transcribed: each method's L1, L2, CLIP-I,
+#: DINO and CLIP-T single-turn, then the same five multi-turn.
+_TABLE_2 = """
+InstructPix2Pix                          0.1122 0.0371 0.8524 0.7428 0.2764 0.1584 0.0598 0.7924 0.6177 0.2726
+InstructPix2Pix fine-tuned on MagicBrush 0.0625 0.0203 0.9332 0.8987 0.2781 0.0964 0.0353 0.8924 0.8273 0.2754
+Null-text inversion                      0.0749 0.0197 0.8827 0.8206 0.2737 0.1057 0.0335 0.8468 0.7529 0.2710
+HIVE                                     0.1092 0.0341 0.8519 0.7500 0.2752 0.1521 0.0557 0.8004 0.6463 0.2673
+SD-SDEdit                                0.1014 0.0278 0.8526 0.7726 0.2777 0.1616 0.0602 0.7933 0.6212 0.2694
+Text2LIVE                                0.0636 0.0169 0.9244 0.8807 0.2424 0.0989 0.0284 0.8795 0.7926 0.2716
+"""
+
+
+def _published(table: str) -> dict[str, dict[str, tuple[float, ...]]]:
+    """``{protocol: {method: (L1, L2, CLIP-I, DINO, CLIP-T)}}`` from the transcribed table."""
+    published: dict[str, dict[str, tuple[float, ...]]] = {protocol: {} for protocol in ("single", "multi")}
+    for line in table.strip().splitlines():
+        method, *numbers = line.rsplit(maxsplit=10)
+        values = tuple(map(float, numbers))
+        published["single"][method], published["multi"][method] = values[:5], values[5:]
+    return published
+
+
+PUBLISHED = _published(_TABLE_2)
 PROTOCOL_LABELS = {"single": "single-turn (all turns)", "multi": "multi-turn (final turn)"}
 
 
@@ -117,7 +113,7 @@ def markdown_table(summary: dict[str, dict[str, Any]], strategies: dict[str, Any
         "",
         "## This run",
         "",
-        "Pix2Pix-OnTheFly, scored by this project's harness (`python -m editor.evaluate`). "
+        "Pix2Pix-OnTheFly, scored by this project's harness (`python -m evaluation`). "
         "n = images scored; failed = turns that could not be edited.",
         "",
         f"| protocol | strategy | n | failed | {header} |",
@@ -147,8 +143,8 @@ def markdown_table(summary: dict[str, dict[str, Any]], strategies: dict[str, Any
         "|---|---|" + "---|" * len(METRICS),
     ]
     for protocol in PROTOCOLS:
-        for method, numbers in PUBLISHED.items():
-            cells = " | ".join(f"{value:.4f}" for value in numbers[protocol])
+        for method, numbers in PUBLISHED[protocol].items():
+            cells = " | ".join(f"{value:.4f}" for value in numbers)
             lines.append(f"| {method} | {PROTOCOL_LABELS[protocol]} | {cells} |")
     return "\n".join(lines) + "\n"
 

@@ -1,11 +1,11 @@
 """A bot process for the crash-recovery tests, to be killed with SIGKILL mid-edit.
 
-``python -m tests.recovery_helper DB crash-mid-edit`` makes a first version, then asks for
-two edits of it: "add a hat" is held inside the (fake) engine forever, "add a scarf"
+``python -m tests.support.recovery_helper DB crash-mid-edit`` makes a first version, then asks
+for two edits of it: "add a hat" is held inside the stand-in engine forever, "add a scarf"
 waits behind it. The test kills the process once the database says "add a hat" is running.
 
-``python -m tests.recovery_helper DB resume [--hold INSTRUCTION]`` starts the service on
-the same database, prints one JSON line per job it recovered once that job is over, and
+``python -m tests.support.recovery_helper DB resume [--hold INSTRUCTION]`` starts the service
+on the same database, prints one JSON line per job it recovered once that job is over, and
 exits; with ``--hold`` that edit is held again (for a second crash).
 """
 
@@ -19,12 +19,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from editor.types import EditCancelled
-from sessions.errors import UserError
-from sessions.models import Author, Place
-from sessions.service import EditService, Ticket
-from sessions.store import Store
-from tests.fake_editor import TintEditor, tint_service
+from sessions import Author, EditCancelled, EditService, Place, Ticket, UserError
+from tests.support.editor import StandInEditor, stand_in_app
 
 ANN = Author("1", "Ann")
 BOB = Author("2", "Bob")
@@ -36,8 +32,8 @@ def picture() -> bytes:
     return buffer.getvalue()
 
 
-async def crash_mid_edit(service: EditService, editor: TintEditor) -> None:
-    first = await service.start_edit(Place("discord", 1, 2), ANN, picture(), "make it snowy").result()
+async def crash_mid_edit(service: EditService, editor: StandInEditor) -> None:
+    first = await service.start_edit(Place("discord", "1", "2"), ANN, picture(), "make it snowy").result()
     editor.hold("add a hat")
     hat = service.continue_edit(first.id, ANN, "add a hat", reply_context={"message": 10})
     async for update in hat.progress():  # running, so the scarf surely waits behind it
@@ -77,20 +73,19 @@ async def main() -> None:
     parser.add_argument("mode", choices=["crash-mid-edit", "resume"])
     parser.add_argument("--hold")
     args = parser.parse_args()
-    store = Store.open(args.database)
-    editor = TintEditor()
+    editor = StandInEditor()
     if args.hold:
         editor.hold(args.hold)
-    service = tint_service(store, editor)
+    app = stand_in_app(args.database, editor)
     try:
         if args.mode == "crash-mid-edit":
-            await service.start()
-            await crash_mid_edit(service, editor)
+            await app.service.start()
+            await crash_mid_edit(app.service, editor)
         else:
-            await resume(service)
+            await resume(app.service)
     finally:
-        await service.stop()
-        store.close()
+        await app.service.stop()
+        app.close()
 
 
 if __name__ == "__main__":

@@ -9,24 +9,16 @@ it measures how good the edit could be if the LM wrote perfect captions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from editor.config import ConfigError, build, resolve_model
-from editor.evaluate.dataset import Turn
+from editor.config import ConfigError
 from editor.types import EditSettings
+from evaluation.dataset import Turn
+from sessions.config import EvaluationConfig, StrategyConfig
 
 #: ``none``: the language model writes the captions; ``global``: the dataset's descriptions do.
 ORACLES = ("none", "global")
-
-
-@dataclass(frozen=True)
-class StrategyConfig:
-    """One entry of ``evaluation.strategies`` in config.yaml."""
-
-    settings: dict[str, Any] = field(default_factory=dict)
-    oracle: str = "none"
-    description: str = ""
 
 
 BUILTIN_STRATEGIES: dict[str, StrategyConfig] = {
@@ -56,33 +48,6 @@ BUILTIN_STRATEGIES: dict[str, StrategyConfig] = {
         description="no language model: the dataset's global descriptions of input and output",
     ),
 }
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """The ``evaluation`` section of config.yaml."""
-
-    #: CLIP ViT-B/32 for CLIP-I and CLIP-T, as MagicBrush's evaluation uses.
-    clip: str = "openai/clip-vit-base-patch32"
-    #: DINO ViT-S/16 for the DINO metric.
-    dino: str = "facebook/dino-vits16"
-    #: Where the metric models run: auto (CUDA when present), cpu, cuda, cuda:N.
-    device: str = "auto"
-    #: The seed of every edit (the paper's code uses 42).
-    seed: int = 42
-    #: Added to (or replacing, by name) :data:`BUILTIN_STRATEGIES`.
-    strategies: dict[str, StrategyConfig] = field(default_factory=dict)
-    base_dir: str = "."
-
-    def model_path(self, name: str) -> str:
-        return resolve_model(self.base_dir, getattr(self, name))
-
-
-def evaluation_config(data: dict[str, Any]) -> EvaluationConfig:
-    """The ``evaluation`` section of a loaded config file."""
-    section = dict(data.get("evaluation") or {})
-    section.setdefault("base_dir", data.get("_base_dir", "."))
-    return build(EvaluationConfig, section, "evaluation")
 
 
 @dataclass(frozen=True)

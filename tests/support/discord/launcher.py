@@ -4,7 +4,7 @@ discord.py has no base-URL option, so the two class attributes that name Discord
 and gateway addresses are set here, in the test process only, before the unmodified
 ``main()`` of the bot runs. The product itself contains no such hook.
 
-    python tests/run_bot_against_fake.py http://127.0.0.1:PORT [bot.py] -- --config CONFIG
+    python tests/support/discord/launcher.py http://127.0.0.1:PORT [bot.py] -- --config CONFIG
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import runpy
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def main() -> None:

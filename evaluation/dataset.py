@@ -39,7 +39,7 @@ class ImageRef:
     column: str | None = None
 
     def read_bytes(self) -> bytes:
-        if self.column is None:
+        if self.column is None or self.row is None:  # a file, not a parquet cell
             try:
                 return self.path.read_bytes()
             except OSError as error:

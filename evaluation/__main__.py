@@ -1,7 +1,8 @@
 """Evaluate Pix2Pix-OnTheFly on MagicBrush, resumably, for one or more prompt strategies.
 
-    python -m editor.evaluate --data DIR --protocol single|multi [...] --out RUN_DIR
+    python -m evaluation --data DIR --protocol single|multi [...] --out RUN_DIR
         [--config PATH] [--strategy NAME ...] [--limit N] [--split dev]
+    python -m evaluation tiny-models DIR     # tiny engine, CLIP and DINO models + DIR/config.yaml
 
 Rerunning the same command continues where an interrupted run stopped.
 """
@@ -15,23 +16,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from editor.config import ConfigError, EngineConfig, edit_defaults, engine_config, load_yaml
-from editor.evaluate.dataset import DatasetError, load_dataset
-from editor.evaluate.runner import PROTOCOLS, RunDirConflict
-from editor.evaluate.strategies import (
-    Strategy,
-    available_strategies,
-    evaluation_config,
-    resolve_strategies,
-)
+from editor.config import ConfigError, EngineConfig
 from editor.types import InvalidInput
+from evaluation.dataset import DatasetError, load_dataset
+from evaluation.runner import PROTOCOLS, RunDirConflict
+from evaluation.strategies import Strategy, available_strategies, resolve_strategies
+from sessions.config import AppConfig, load_config
 
-log = logging.getLogger("editor.evaluate")
+log = logging.getLogger("evaluation")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m editor.evaluate",
+        prog="python -m evaluation",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -81,17 +78,19 @@ def experiment_facts(engine: EngineConfig, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tiny-models"]:
+        return _tiny_models(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        data = load_yaml(args.config)
-        config = evaluation_config(data)
+        config = load_config(args.config)
         if args.list_strategies:
-            for name, entry in sorted(available_strategies(config).items()):
+            for name, entry in sorted(available_strategies(config.evaluation).items()):
                 details = f"settings={entry.settings} oracle={entry.oracle}"
                 print(f"{name:20} {entry.description or 'custom'}  {details}")
             return 0
-        return _evaluate(args, data)
+        return _evaluate(args, config)
     except (ConfigError, DatasetError, RunDirConflict, InvalidInput) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -103,18 +102,32 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _evaluate(args: argparse.Namespace, data: dict[str, Any]) -> int:
-    from editor.evaluate.metrics import Scorer
-    from editor.evaluate.report import write_reports
-    from editor.evaluate.runner import Evaluation, prepare_run_dir
+def _tiny_models(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation tiny-models",
+        description="Write the engine's tiny random-weight models, CLIP and DINO stand-ins, and a "
+        "config.yaml for all of them (offline runs of the bot, the console and the evaluation).",
+    )
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from evaluation.tiny import write_tiny_models
 
-    config = evaluation_config(data)
-    defaults = edit_defaults(data)
-    strategies = resolve_strategies(config, defaults, args.strategies or ["default"])
+    config_path = write_tiny_models(args.folder)
+    print(f"tiny models and {config_path} written")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, app: AppConfig) -> int:
+    from evaluation.metrics import Scorer
+    from evaluation.report import write_reports
+    from evaluation.runner import Evaluation, prepare_run_dir
+
+    config = app.evaluation
+    strategies = resolve_strategies(config, app.edit, args.strategies or ["default"])
     dataset = load_dataset(args.data, split=args.split, limit=args.limit)
     _check_dataset_fits(dataset.has_descriptions, dataset.layout, strategies)
-    engine = engine_config(data)
-    prepare_run_dir(args.out, experiment_facts(engine, config.seed), strategies)
+    prepare_run_dir(args.out, experiment_facts(app.engine, config.seed), strategies)
     log.info(
         "%s layout, %d sessions, %d turns; strategies: %s",
         dataset.layout,
@@ -125,7 +138,7 @@ def _evaluate(args: argparse.Namespace, data: dict[str, Any]) -> int:
 
     from editor.engine import Editor
 
-    editor = Editor.load(engine, defaults)
+    editor = Editor.load(app.engine, app.edit)
     unknown = sorted(
         {s.settings.template for s in strategies if s.oracle == "none"} - set(editor.template_names)
     )

@@ -19,7 +19,7 @@ without the crop).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -114,8 +114,11 @@ class Scorer:
         self.clip_tokenizer = clip_tokenizer
         self.dino_model = dino_model.eval()
         self.device = device
-        self.clip_size = int(clip_model.config.vision_config.image_size)
-        self.dino_crop = int(dino_model.config.image_size)
+        # Loaded configs hold one int here; transformers also types them as dicts, lists or None.
+        vision: Any = clip_model.config.vision_config
+        dino_size: Any = dino_model.config.image_size
+        self.clip_size = int(vision.image_size)
+        self.dino_crop = int(dino_size)
         self.dino_resize = round(self.dino_crop * DINO_RESIZE_RATIO)
 
     @classmethod
@@ -127,11 +130,12 @@ class Scorer:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         chosen = torch.device(device)
-        clip_model = CLIPModel.from_pretrained(clip_path, dtype=torch.float32).to(chosen)
+        # Any: transformers' ``to`` hides its ``self`` from mypy behind ``functools.wraps``.
+        clip_model: Any = CLIPModel.from_pretrained(clip_path, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(clip_path)
         # DINO checkpoints carry no pooler head; the class token is the feature.
-        dino_model = ViTModel.from_pretrained(dino_path, add_pooling_layer=False, dtype=torch.float32)
-        return cls(clip_model, tokenizer, dino_model.to(chosen), chosen)
+        dino_model: Any = ViTModel.from_pretrained(dino_path, add_pooling_layer=False, dtype=torch.float32)
+        return cls(clip_model.to(chosen), tokenizer, dino_model.to(chosen), chosen)
 
     def clip_image_embeddings(self, images: list[Image.Image]) -> torch.Tensor:
         import torch

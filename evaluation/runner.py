@@ -27,10 +27,10 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from editor.evaluate.dataset import Dataset, DatasetError, Session, Turn
-from editor.evaluate.metrics import Scorer
-from editor.evaluate.strategies import MissingDescription, Strategy
 from editor.types import EditRequest, InvalidInput, Inversion, SupportsEdit
+from evaluation.dataset import Dataset, DatasetError, Session, Turn
+from evaluation.metrics import Scorer
+from evaluation.strategies import MissingDescription, Strategy
 
 log = logging.getLogger(__name__)
 

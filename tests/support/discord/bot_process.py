@@ -16,10 +16,11 @@ from typing import Any
 import yaml
 from PIL import Image
 
-from tests.fake_discord import FakeDiscord, buttons
+from tests.support.discord.server import FakeDiscord
+from tests.support.discord.wire import buttons
 
-ROOT = Path(__file__).resolve().parent.parent
-LAUNCHER = Path(__file__).resolve().parent / "run_bot_against_fake.py"
+ROOT = Path(__file__).resolve().parents[3]
+LAUNCHER = Path(__file__).resolve().parent / "launcher.py"
 
 
 def png_bytes(color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (48, 40)) -> bytes:

@@ -1,1 +1,0 @@
-"""MagicBrush evaluation of the editor: ``python -m editor.evaluate`` (see ``__main__``)."""

@@ -1,0 +1,1 @@
+"""MagicBrush evaluation of the editor: ``python -m evaluation`` (see ``__main__``)."""

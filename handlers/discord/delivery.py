@@ -1,0 +1,277 @@
+"""Following a job from its queueing to its posted result.
+
+A request is first answered with a status message (:class:`Received`); then the job is
+submitted with a ``reply_context`` naming where to report (:class:`Destination`), its
+status message is edited as it moves (``status.py``), and its result is posted as a reply
+with its buttons, or the status message turned into the reason it failed. The reply context
+lets a job recovered after a restart report to the same place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+
+from handlers.discord import render
+from handlers.discord.errors import NO_MENTIONS, user_message
+from handlers.discord.links import Links
+from handlers.discord.moderation import SafetyChecker
+from handlers.discord.preferences import TRANSPORT, Preferences, channel_place
+from handlers.discord.status import ChannelStatus, StatusMessage, StatusUpdater
+from handlers.discord.views import cancel_view, result_view
+from sessions import Author, EditCancelled, EditService, Ticket, Version
+
+log = logging.getLogger(__name__)
+
+WITHHELD = (
+    "the result was withheld: the safety check flagged it as possibly unsafe. Try a different instruction."
+)
+CHECK_FAILED = "the result was withheld because the safety check could not run. The error was logged."
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one job reports: its channel, the message the result replies to, its status message."""
+
+    channel_id: int
+    guild_id: int | None
+    reply_to: int | None
+    status_message_id: int | None
+
+    def to_context(self) -> dict[str, Any]:
+        return {
+            "transport": TRANSPORT,
+            "channel_id": str(self.channel_id),
+            "guild_id": None if self.guild_id is None else str(self.guild_id),
+            "reply_to": None if self.reply_to is None else str(self.reply_to),
+            "status_message_id": None if self.status_message_id is None else str(self.status_message_id),
+        }
+
+    @classmethod
+    def from_context(cls, context: dict[str, Any]) -> Destination | None:
+        """None for a job another transport started (e.g. the console)."""
+        if context.get("transport") != TRANSPORT or not context.get("channel_id"):
+            return None
+
+        def number(key: str) -> int | None:
+            value = context.get(key)
+            return None if value is None else int(value)
+
+        return cls(
+            int(context["channel_id"]), number("guild_id"), number("reply_to"), number("status_message_id")
+        )
+
+
+@dataclass(frozen=True)
+class Received:
+    """A request answered with its status message: where its job will report, or why none runs."""
+
+    author: Author
+    instruction: str
+    status: StatusMessage
+    destination: Destination
+
+    async def fail(self, error: BaseException) -> None:
+        """The status message says why the request ends here (no job was queued)."""
+        reason = user_message(error)
+        await self.status.edit(render.failed_text(self.author.id, self.instruction, reason), None)
+
+
+class Delivery:
+    """Submits jobs, follows each on its own task, and posts the results."""
+
+    def __init__(
+        self,
+        bot: discord.Client,
+        service: EditService,
+        links: Links,
+        *,
+        preferences: Preferences,
+        safety: SafetyChecker | None,
+        progress_interval_s: float,
+    ) -> None:
+        self._bot = bot
+        self._service = service
+        self._links = links
+        self._preferences = preferences
+        self._safety = safety
+        self._progress_interval_s = progress_interval_s
+        self._followers: set[asyncio.Task[None]] = set()
+
+    async def submit(self, received: Received, request: Callable[..., Ticket], *args: Any) -> None:
+        """``request(*args, reply_context=...)`` queues the job; a refusal (full queue, per-user cap,
+        bad image) becomes the status text, else the job is followed."""
+        try:
+            ticket = request(*args, reply_context=received.destination.to_context())
+        except Exception as error:
+            await received.fail(error)
+            return
+        self._spawn(self.follow(ticket, received.status, received.destination))
+
+    def recovered(self, ticket: Ticket) -> None:
+        """A job recovered after a restart: follow it to the place its reply context names."""
+        destination = Destination.from_context(ticket.job.reply_context)
+        if destination is None:
+            return
+        if destination.status_message_id is None:
+            log.warning(
+                "recovered job %s has no status message; its result will still be posted", ticket.job_id
+            )
+        status_id = destination.status_message_id or 0
+        status = ChannelStatus(self._bot, destination.channel_id, status_id, destination.guild_id)
+        self._spawn(self.follow(ticket, status, destination, has_status=status_id != 0))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
+
+    async def follow(
+        self, ticket: Ticket, status: StatusMessage, destination: Destination, *, has_status: bool = True
+    ) -> None:
+        """Show the job's progress on its status message, then post its result and the final text."""
+        job = ticket.job
+        updater = StatusUpdater(status, self._progress_interval_s)
+        watcher = asyncio.create_task(self._watch(ticket, updater)) if has_status else None
+        started = time.monotonic()
+        try:
+            version = await ticket.result()
+        except EditCancelled:
+            final = render.cancelled_text(job.requester_id, job.instruction)
+        except Exception as error:
+            final = render.failed_text(job.requester_id, job.instruction, user_message(error))
+        else:
+            try:
+                final = await self._deliver(version, destination, job.requester_id, job.instruction, started)
+            except Exception as error:
+                final = render.failed_text(job.requester_id, job.instruction, user_message(error))
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                try:
+                    await watcher
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    # Progress is a courtesy: the final text below must still be shown.
+                    log.exception("following the progress of job %s failed", job.id)
+        if has_status:
+            await updater.finish(final)
+
+    async def _watch(self, ticket: Ticket, updater: StatusUpdater) -> None:
+        job = ticket.job
+        view = cancel_view(job.id)
+        async for progress in ticket.progress():
+            if not progress.final:
+                updater.show(render.status_text(progress, job.requester_id, job.instruction), view)
+
+    async def _deliver(
+        self, version: Version, destination: Destination, requester_id: str, instruction: str, started: float
+    ) -> str:
+        """Post the result (after the safety check, when on); the status message's final text."""
+        if self._preferences.safety_check(destination.guild_id):
+            if self._safety is None:
+                return render.failed_text(requester_id, instruction, CHECK_FAILED)
+            try:
+                unsafe = await self._safety.is_unsafe(self._service.image_png(version.id))
+            except Exception:
+                log.exception("the safety check failed on version %s", version.id)
+                return render.failed_text(requester_id, instruction, CHECK_FAILED)
+            if unsafe:
+                log.info("version %s withheld by the safety check", version.id)
+                return render.failed_text(requester_id, instruction, WITHHELD)
+        await self.send_version(destination, version, lambda note: render.result_text(version, note))
+        self._preferences.remember_latest(
+            channel_place(destination.guild_id, destination.channel_id), version.id
+        )
+        return render.done_text(requester_id, instruction, time.monotonic() - started)
+
+    async def send_version(
+        self, destination: Destination, version: Version, text_for: Callable[[str], str]
+    ) -> None:
+        """Post a version's image in the channel (fitted to the upload limit) and link the message.
+
+        A 413 from Discord (its limit was lower than it said) is retried once at half the size;
+        sending again is safe then, since nothing was posted.
+        """
+        channel = self._bot.get_partial_messageable(destination.channel_id, guild_id=destination.guild_id)
+        reference = None
+        if destination.reply_to is not None:
+            reference = discord.MessageReference(
+                message_id=destination.reply_to,
+                channel_id=destination.channel_id,
+                guild_id=destination.guild_id,
+                fail_if_not_exists=False,
+            )
+
+        async def send(fitted: render.FittedImage) -> discord.Message:
+            return await channel.send(
+                text_for(fitted.note),
+                file=discord.File(io.BytesIO(fitted.data), fitted.filename),
+                # discord.py's overloads of send() leave out the None (no buttons, no reply) it takes.
+                view=result_view(version),  # type: ignore[arg-type]
+                reference=reference,  # type: ignore[arg-type]
+                allowed_mentions=NO_MENTIONS,
+            )
+
+        png = self._service.image_png(version.id)
+        stem = f"edit-{version.id}"
+        async with self._links.posting_in(destination.channel_id):
+            fitted = await fit_image(png, self._upload_limit(destination.guild_id), stem)
+            try:
+                message = await send(fitted)
+            except discord.HTTPException as error:
+                if error.status != 413:
+                    raise
+                message = await send(await fit_image(png, len(fitted.data) // 2, stem))
+            self._links.link(message.id, version.id)
+
+    def _upload_limit(self, guild_id: int | None) -> int:
+        guild = self._bot.get_guild(guild_id) if guild_id is not None else None
+        return guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Let followers finish reporting (the stopped service ends their jobs), then stop them."""
+        if self._followers:
+            _, pending = await asyncio.wait(set(self._followers), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._safety is not None:
+            self._safety.close()
+
+
+async def respond_with_image(
+    interaction: discord.Interaction,
+    png: bytes,
+    stem: str,
+    text: str,
+    view: discord.ui.View | None = discord.utils.MISSING,
+) -> discord.InteractionMessage:
+    """Turn a deferred interaction's answer into ``text`` with the image, fitted to its upload limit."""
+    fitted = await fit_image(png, interaction.filesize_limit, stem)
+    return await interaction.edit_original_response(
+        content=with_note(text, fitted.note),
+        attachments=[discord.File(io.BytesIO(fitted.data), fitted.filename)],
+        view=view,
+        allowed_mentions=NO_MENTIONS,
+    )
+
+
+async def fit_image(png: bytes, limit: int, stem: str) -> render.FittedImage:
+    """``render.fit_image``, on a thread when it has to re-encode (seconds for a large image)."""
+    if len(png) <= limit:
+        return render.fit_image(png, limit, stem)
+    return await asyncio.to_thread(render.fit_image, png, limit, stem)
+
+
+def with_note(text: str, note: str) -> str:
+    return f"{text}\n-# {note}" if note else text

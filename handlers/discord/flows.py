@@ -1,0 +1,292 @@
+"""The entry points of the bot: every cog, button and modal hands its event to :class:`Relay`.
+
+Each flow answers at once (a status message, or a modal), reads the request with ``intake``,
+finds the version it continues with ``links``, and hands the job to ``delivery``, which
+follows it to its posted result. The service owns every decision about conversations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import discord
+
+from handlers.discord import delivery, intake, render
+from handlers.discord.delivery import Delivery, Destination, Received
+from handlers.discord.errors import NO_MENTIONS, BadRequest, report
+from handlers.discord.links import INTERACTION_LINK_WAIT_S, Links
+from handlers.discord.moderation import InstructionFilter, SafetyChecker
+from handlers.discord.preferences import Preferences, channel_place
+from handlers.discord.status import ChannelStatus, InteractionStatus
+from handlers.discord.views import InstructionModal, result_view
+from sessions import Author, DiscordConfig, EditService, Place, Ticket, Version
+
+UNDO_WORDS = frozenset({"undo", "go back", "back", "revert"})
+#: Thread names are limited to 100 characters by Discord.
+THREAD_NAME_CHARS = 90
+REPLY_HINT = (
+    "What should I change? Reply to the result again with an instruction, e.g. *make it snowy*, "
+    "or `undo` to go back a step."
+)
+MENTION_HINT = (
+    "Attach an image and tell me what to change (e.g. *make it snowy*), or reply to one of my "
+    "results with the next change. `/help` explains more."
+)
+
+
+class Relay:
+    """Every flow of the bot, from a Discord event to the service and back to the channel."""
+
+    def __init__(
+        self,
+        bot: discord.Client,
+        service: EditService,
+        *,
+        config: DiscordConfig,
+        preferences: Preferences,
+        safety: SafetyChecker | None,
+    ) -> None:
+        self._bot = bot
+        self._service = service
+        self._config = config
+        self._preferences = preferences
+        self._filter = InstructionFilter(config.blocked_words, config.blocked_patterns)
+        self._links = Links(bot, service)
+        self._delivery = Delivery(
+            bot,
+            service,
+            self._links,
+            preferences=preferences,
+            safety=safety,
+            progress_interval_s=config.progress_interval_s,
+        )
+
+    # --- messages -----------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        """Decide what a message asks for; most messages ask nothing of the bot."""
+        if message.author.bot or message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return
+        bot_user = self._bot.user
+        assert bot_user is not None
+        text = render.without_bot_mention(message.content, bot_user.id)
+        try:
+            replied_version = await self._links.replied_version(message)
+            if message.attachments and intake.addressed(message, bot_user, self._preferences):
+                await self._new_edit_from_message(message, text)
+            elif replied_version is not None and text:
+                if text.lower().strip(" .!") in UNDO_WORDS:
+                    await self._undo_from_message(message, replied_version)
+                else:
+                    instruction = intake.instruction_of(text, self._filter)
+                    received = await self._post_received(message, message.channel, message.id, instruction)
+                    await self._continue(received, replied_version)
+            elif bot_user in message.mentions:
+                # A mention with nothing to do: say how (a reply to a result needs an instruction).
+                hint = MENTION_HINT if replied_version is None else REPLY_HINT
+                await message.reply(hint, mention_author=False, allowed_mentions=NO_MENTIONS)
+        except Exception as error:
+            await report(message, error)
+
+    async def _new_edit_from_message(self, message: discord.Message, text: str) -> None:
+        attachment = intake.image_of(message.attachments, self._service.limits)
+        instruction = intake.instruction_of(text, self._filter)
+        channel: Any = message.channel
+        reply_to: int | None = message.id
+        if self._config.open_threads and isinstance(channel, discord.TextChannel):
+            channel = await message.create_thread(name=instruction[:THREAD_NAME_CHARS])
+            reply_to = None  # the thread starts from the request; replies cannot cross channels
+        received = await self._post_received(message, channel, reply_to, instruction)
+        await self._start(received, intake.place_of(channel, received.destination.guild_id), attachment)
+
+    async def _undo_from_message(self, message: discord.Message, version: Version) -> None:
+        parent = self._service.undo(version.id)
+        guild_id = message.guild.id if message.guild else None
+        destination = Destination(message.channel.id, guild_id, message.id, None)
+        text = render.undo_text(parent, version, str(message.author.id))
+        await self._delivery.send_version(destination, parent, lambda note: delivery.with_note(text, note))
+
+    async def _post_received(
+        self, message: discord.Message, channel: Any, reply_to: int | None, instruction: str
+    ) -> Received:
+        """Answer a message's request in ``channel`` with its status message."""
+        author = intake.author_of_message(message)
+        guild_id = message.guild.id if message.guild else None
+        reference = None
+        if reply_to is not None:
+            reference = discord.MessageReference(
+                message_id=reply_to, channel_id=channel.id, guild_id=guild_id, fail_if_not_exists=False
+            )
+        sent = await channel.send(
+            render.received_text(author.id, instruction), reference=reference, allowed_mentions=NO_MENTIONS
+        )
+        status = ChannelStatus(self._bot, channel.id, sent.id, guild_id)
+        return Received(author, instruction, status, Destination(channel.id, guild_id, reply_to, sent.id))
+
+    # --- jobs: a new conversation, or the next step of one -----------------------------
+
+    async def _start(self, received: Received, place: Place, attachment: discord.Attachment) -> None:
+        """A new conversation: download the image (a failed download is the status's reason), queue it."""
+        try:
+            image = await intake.download(attachment)
+        except BadRequest as error:
+            await received.fail(error)
+            return
+        await self._delivery.submit(
+            received, self._service.start_edit, place, received.author, image, received.instruction
+        )
+
+    async def _continue(self, received: Received, version: Version) -> None:
+        await self._delivery.submit(
+            received, self._service.continue_edit, version.id, received.author, received.instruction
+        )
+
+    # --- interactions --------------------------------------------------------------------
+
+    async def _respond_received(
+        self, interaction: discord.Interaction, author: Author, instruction: str
+    ) -> Received:
+        """The interaction's answer is the job's status message, in the channel for all to see."""
+        response = await interaction.response.send_message(
+            render.received_text(author.id, instruction), allowed_mentions=NO_MENTIONS
+        )
+        message_id = response.message_id
+        assert message_id is not None
+        assert interaction.channel_id is not None
+        fallback = ChannelStatus(self._bot, interaction.channel_id, message_id, interaction.guild_id)
+        status = InteractionStatus(interaction, message_id, fallback)
+        destination = Destination(interaction.channel_id, interaction.guild_id, message_id, message_id)
+        return Received(author, instruction, status, destination)
+
+    async def _thread_for(self, interaction: discord.Interaction, instruction: str) -> discord.Thread | None:
+        """With ``open_threads``, a thread started from the status message of a new conversation."""
+        if not (self._config.open_threads and isinstance(interaction.channel, discord.TextChannel)):
+            return None
+        original = await interaction.original_response()
+        return await original.create_thread(name=instruction[:THREAD_NAME_CHARS])
+
+    async def _start_from_interaction(
+        self, interaction: discord.Interaction, instruction: str, attachment: discord.Attachment
+    ) -> None:
+        author = intake.author_of_interaction(interaction)
+        received = await self._respond_received(interaction, author, instruction)
+        place = intake.place_of(interaction.channel, interaction.guild_id)
+        try:
+            thread = await self._thread_for(interaction, instruction)
+        except discord.HTTPException as error:
+            # The status message is already shown: it says why instead of staying "received".
+            await received.fail(error)
+            return
+        if thread is not None:
+            in_thread = Destination(thread.id, interaction.guild_id, None, received.status.message_id)
+            received = dataclasses.replace(received, destination=in_thread)
+            place = intake.place_of(thread, interaction.guild_id)
+        await self._start(received, place, attachment)
+
+    async def edit_command(
+        self, interaction: discord.Interaction, attachment: discord.Attachment, instruction: str
+    ) -> None:
+        """/edit image instruction."""
+        intake.check_image(attachment, self._service.limits)
+        instruction = intake.instruction_of(instruction, self._filter)
+        await self._start_from_interaction(interaction, instruction, attachment)
+
+    async def open_modal(self, interaction: discord.Interaction, target: discord.Message) -> None:
+        """The "Edit image" menu: ask for the instruction (a result of ours, or a message with an image)."""
+        limits = self._service.limits
+        if await self._links.target_version(target) is None:
+            intake.image_of(target.attachments, limits)
+        await interaction.response.send_modal(InstructionModal(target, limits.max_instruction_chars))
+
+    async def edit_from_modal(
+        self, interaction: discord.Interaction, target: discord.Message, text: str
+    ) -> None:
+        instruction = intake.instruction_of(text, self._filter)
+        version = await self._links.target_version(target)
+        if version is None:
+            attachment = intake.image_of(target.attachments, self._service.limits)
+            await self._start_from_interaction(interaction, instruction, attachment)
+            return
+        author = intake.author_of_interaction(interaction)
+        await self._continue(await self._respond_received(interaction, author, instruction), version)
+
+    async def button(self, interaction: discord.Interaction, action: str, version_id: str) -> None:
+        """Undo, Retry, Stronger, Subtler or Captions on a shown version (anyone may click)."""
+        version = self._service.get_version(version_id)
+        if action == "captions":
+            await interaction.response.send_message(
+                embed=render.captions_embed(version), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+            return
+        author = intake.author_of_interaction(interaction)
+        if action == "undo":
+            parent = self._service.undo(version_id)
+            await interaction.response.defer(thinking=True)
+            text = render.undo_text(parent, version, author.id)
+            assert interaction.channel_id is not None
+            async with self._links.posting_in(interaction.channel_id):
+                png = self._service.image_png(parent.id)
+                shown = await delivery.respond_with_image(
+                    interaction, png, parent.id, text, result_view(parent)
+                )
+                self._links.link(shown.id, parent.id)
+            return
+        request = {
+            "retry": self._service.retry,
+            "stronger": self._service.stronger,
+            "subtler": self._service.subtler,
+        }[action]
+        received = await self._respond_received(interaction, author, version.instruction or "")
+        await self._delivery.submit(received, request, version_id, author)
+
+    async def cancel(self, interaction: discord.Interaction, job_id: str) -> None:
+        """The Cancel button: the service decides who may (the requester or a moderator)."""
+        cancelled = await self._service.cancel(job_id, intake.author_of_interaction(interaction))
+        text = "Cancelling that edit…" if cancelled else "That edit has already finished."
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def history(self, interaction: discord.Interaction, reference: str | None) -> None:
+        """/history: the contact sheet of a result's lineage (default: the channel's latest)."""
+        version = await self._history_version(interaction, reference)
+        guild_id = None if interaction.guild_id is None else str(interaction.guild_id)
+        if self._service.place_of(version).guild_id != guild_id:
+            raise BadRequest(
+                "That result belongs to another server or a private chat, so I won't show it here."
+            )
+        await interaction.response.defer(thinking=True)
+        text = render.history_text(self._service.history(version.id), self._config.history_limit)
+        sheet = self._service.contact_sheet(version.id)
+        await delivery.respond_with_image(interaction, sheet, f"history-{version.id}", text)
+
+    async def _history_version(self, interaction: discord.Interaction, reference: str | None) -> Version:
+        if not reference:
+            assert interaction.channel_id is not None
+            latest = self._preferences.latest_version(
+                channel_place(interaction.guild_id, interaction.channel_id)
+            )
+            if latest is None:
+                raise BadRequest(
+                    "There are no edits in this channel yet. Give `/history` a link to a result."
+                )
+            return self._service.get_version(latest)
+        parsed = render.parse_message_reference(reference)
+        if parsed is None:
+            raise BadRequest(
+                "That isn't a message link or id. Right-click one of my results → Copy Message Link."
+            )
+        # A result posted a moment ago may not be linked yet: wait briefly for it.
+        channel_id = parsed[0] or interaction.channel_id
+        version = await self._links.version_of(parsed[1], channel_id, INTERACTION_LINK_WAIT_S)
+        if version is None:
+            raise BadRequest("That message isn't one of my results, so it has no history here.")
+        return version
+
+    # --- the service and the bot's life ------------------------------------------------------
+
+    async def recovered(self, ticket: Ticket) -> None:
+        """Service listener: a job recovered after a restart reports where it was asked."""
+        self._delivery.recovered(ticket)
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        await self._delivery.close(grace_s)

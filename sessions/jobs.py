@@ -1,0 +1,290 @@
+"""Jobs between the store and the edit worker: submitting, recording in order, crash recovery.
+
+The service adds a job to the store and hands it here; :class:`JobRunner` builds its edit
+request, queues it on the worker and records how it ended. Decisions worth knowing:
+
+* **Order within a conversation.** The worker is fair between requesters, so jobs of one
+  conversation may *run* out of order (another person's earlier request can wait behind
+  their own backlog). Results are nonetheless *recorded* in submission order per
+  conversation: a finished job waits until every job of its conversation submitted
+  before it was recorded, failed or cancelled. So versions (their ids, ``created_at`` and
+  the transport's replies, which follow ``Ticket.result()``) appear in the order people
+  asked. Failures and cancels are reported at once; they create nothing to order.
+* **Reuse.** An edit of a version reuses that version's cached inversion and BLIP
+  caption, so retry, stronger, subtler and a second branch run neither BLIP nor the
+  inversion. The inversion an edit returns is that of its *input*, so it is cached for
+  the source version. A request built while the first edit of its source is still
+  running cannot use it yet and inverts again.
+* **Crash recovery.** A job counts an attempt when the worker starts it. On start, jobs
+  left queued are queued again; jobs left running run again unless they already had
+  ``MAX_RUNS`` attempts (a crash each time), then they are marked interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from editor.progress import JobHandle, Progress
+from editor.types import EditCancelled, EditRequest, EditResult, EditSettings, Inversion
+from editor.worker import EditFailed, EditWorker, WorkerRejected, WorkerStopped
+from sessions.errors import JobFailed, Postponed, Rejected, UserError
+from sessions.models import Job, Version
+from sessions.store import EditOutcome, Store
+
+log = logging.getLogger(__name__)
+
+#: A job is started at most this often; a crash during the last run marks it interrupted.
+MAX_RUNS = 2
+
+INTERRUPTED_MESSAGE = (
+    "The bot restarted twice while working on this edit, so it was stopped to be safe. "
+    "Please try again, perhaps with fewer steps or a smaller image."
+)
+POSTPONED_MESSAGE = "The bot is restarting; your edit is saved and will run as soon as it is back."
+UNEXPECTED_MESSAGE = "Something went wrong while saving your edit. It was logged; please try again."
+
+
+class Ticket:
+    """A transport's handle on one job: its record, its progress and its outcome."""
+
+    def __init__(self, job: Job, handle: JobHandle | None, outcome: asyncio.Future[Version]) -> None:
+        self.job = job
+        self._handle = handle
+        self._outcome = outcome
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    async def progress(self) -> AsyncIterator[Progress]:
+        """The worker's updates until the job ends (nothing for a job that never reached it)."""
+        if self._handle is None:
+            return
+        async for update in self._handle.progress():
+            yield update
+
+    async def result(self) -> Version:
+        """The new version; raises UserError (failed, postponed) or EditCancelled."""
+        return await asyncio.shield(self._outcome)
+
+
+class JobRunner:
+    """Queues the store's jobs on the worker and records their outcomes; use it from one event loop.
+
+    ``inversion_key(settings)`` names the cached inversion an edit with those settings can reuse.
+    """
+
+    def __init__(
+        self, store: Store, worker: EditWorker, inversion_key: Callable[[EditSettings], str]
+    ) -> None:
+        self._store = store
+        self._worker = worker
+        self._inversion_key = inversion_key
+        #: The task following each job that is in the worker or whose result is being saved.
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        #: Per conversation: resolved once its latest submitted job is recorded or ended.
+        self._last_in_line: dict[str, asyncio.Future[None]] = {}
+
+    def submit(self, job: Job) -> Ticket:
+        """Queue a job just added to the store; one the worker refuses is forgotten (Rejected)."""
+        request = self._build_request(job.id)
+        try:
+            handle = self._worker.submit(job.id, job.requester_id, request)
+        except WorkerRejected as error:
+            self._store.discard_job(job.id)
+            raise Rejected(str(error)) from error
+        return self._follow(job, handle, request)
+
+    def recover(self) -> list[Ticket]:
+        """Take up the jobs a crash or a stop left unfinished, one ticket each."""
+        return [self._recover_or_fail(job) for job in self._store.unfinished_jobs()]
+
+    def following(self, job_id: str) -> bool:
+        """Whether the job is in the worker or its result is being saved."""
+        return job_id in self._runners
+
+    async def settle(self) -> None:
+        """Wait until every followed job is recorded (after the worker stopped)."""
+        if self._runners:
+            await asyncio.wait(list(self._runners.values()))
+
+    def stats(self) -> dict[str, Any]:
+        """Queue depth, jobs by state, cache size and recent latencies, for the ops endpoint."""
+        latencies = self._store.recent_latencies()
+        return {
+            "queue_depth": self._worker.queue_depth,
+            "running_job_id": self._worker.running_job_id,
+            "jobs": self._store.job_counts(),
+            "inversion_cache_bytes": self._store.inversions.size(),
+            "recent_edits": len(latencies),
+            "wait_s": _summary([wait for wait, _ in latencies]),
+            "run_s": _summary([run for _, run in latencies]),
+        }
+
+    # --- recovery --------------------------------------------------------------------------
+
+    def _recover_or_fail(self, job: Job) -> Ticket:
+        """One unreadable leftover job (say, settings an older version wrote) must not stop the bot."""
+        try:
+            return self._recover(job)
+        except Exception:
+            log.exception("job %s could not be taken up again after a restart", job.id)
+            ended = self._store.finish_job(job.id, "failed", UNEXPECTED_MESSAGE)
+            return _ended_ticket(ended, JobFailed(UNEXPECTED_MESSAGE))
+
+    def _recover(self, job: Job) -> Ticket:
+        """Queue a job left over by a crash or stop again, or end it if it keeps crashing."""
+        if job.state == "running" and job.attempts >= MAX_RUNS:
+            log.warning("job %s was interrupted %d times; giving up", job.id, job.attempts)
+            ended = self._store.finish_job(job.id, "interrupted", INTERRUPTED_MESSAGE)
+            return _ended_ticket(ended, JobFailed(INTERRUPTED_MESSAGE))
+        self._store.requeue(job.id, refund_attempt=False)
+        request = self._build_request(job.id)
+        try:
+            handle = self._worker.submit(job.id, job.requester_id, request)
+        except WorkerRejected as error:
+            ended = self._store.finish_job(job.id, "failed", str(error))
+            return _ended_ticket(ended, JobFailed(str(error)))
+        log.info("job %s taken up again after a restart", job.id)
+        requeued = self._store.get_job(job.id)
+        assert requeued is not None  # it was read from the store a moment ago
+        return self._follow(requeued, handle, request)
+
+    # --- running and recording -------------------------------------------------------------
+
+    def _build_request(self, job_id: str) -> EditRequest:
+        """The job's edit request, with the source's cached inversion and caption when known."""
+        spec = self._store.job_spec(job_id)
+        inversion = None
+        source_id = spec.job.source_version_id
+        if source_id is not None:
+            key = self._inversion_key(spec.settings)
+            data = self._store.inversions.get(source_id, key)
+            if data is not None:
+                try:
+                    inversion = Inversion.from_bytes(data)
+                except ValueError:
+                    log.warning("dropping an unreadable cached inversion of version %s", source_id)
+                    self._store.inversions.drop(source_id, key)
+        return EditRequest(
+            image=spec.image_png,
+            instruction=spec.job.instruction,
+            settings=spec.settings,
+            seed=spec.seed,
+            inversion=inversion,
+            caption=spec.source_caption,
+            captions=spec.captions,
+        )
+
+    def _follow(self, job: Job, handle: JobHandle, request: EditRequest) -> Ticket:
+        """Start the task that records the job's outcome, in line behind its conversation."""
+        loop = asyncio.get_running_loop()
+        ahead = self._last_in_line.get(job.conversation_id)
+        done_here: asyncio.Future[None] = loop.create_future()
+        self._last_in_line[job.conversation_id] = done_here
+        outcome = _outcome_future()
+        # Read from now on, before the worker's updates can reach the loop: a fast job must
+        # still be seen running (and its attempt counted).
+        updates = handle.progress()
+        task = asyncio.create_task(
+            self._run(job, handle, request, updates, ahead=ahead, done_here=done_here, outcome=outcome)
+        )
+        self._runners[job.id] = task
+        task.add_done_callback(lambda _: self._runners.pop(job.id, None))
+        return Ticket(job, handle, outcome)
+
+    async def _run(
+        self,
+        job: Job,
+        handle: JobHandle,
+        request: EditRequest,
+        updates: AsyncIterator[Progress],
+        *,
+        ahead: asyncio.Future[None] | None,
+        done_here: asyncio.Future[None],
+        outcome: asyncio.Future[Version],
+    ) -> None:
+        watcher = asyncio.create_task(self._mark_when_running(job.id, updates))
+        try:
+            try:
+                result = await handle.result()
+            finally:
+                await watcher
+            if ahead is not None:
+                await ahead
+            edit = await asyncio.to_thread(_edit_outcome, result, request)
+            outcome.set_result(self._store.record_result(job.id, edit))
+        except WorkerStopped:
+            self._store.requeue(job.id, refund_attempt=True)
+            outcome.set_exception(Postponed(POSTPONED_MESSAGE))
+        except EditCancelled as error:
+            self._store.finish_job(job.id, "cancelled", "The edit was cancelled.")
+            outcome.set_exception(EditCancelled(str(error)))
+        except EditFailed as error:
+            self._store.finish_job(job.id, "failed", error.user_message)
+            outcome.set_exception(JobFailed(error.user_message))
+        except Exception:
+            log.exception("recording job %s failed", job.id)
+            with contextlib.suppress(Exception):
+                self._store.finish_job(job.id, "failed", UNEXPECTED_MESSAGE)
+            outcome.set_exception(JobFailed(UNEXPECTED_MESSAGE))
+        finally:
+            done_here.set_result(None)
+            if self._last_in_line.get(job.conversation_id) is done_here:
+                del self._last_in_line[job.conversation_id]
+
+    async def _mark_when_running(self, job_id: str, updates: AsyncIterator[Progress]) -> None:
+        """Record the start of the run (and count the attempt) when the worker takes the job."""
+        async for update in updates:
+            if update.state == "running":
+                self._store.mark_running(job_id)
+                break
+
+
+def _outcome_future() -> asyncio.Future[Version]:
+    outcome: asyncio.Future[Version] = asyncio.get_running_loop().create_future()
+    outcome.add_done_callback(_retrieve)
+    return outcome
+
+
+def _retrieve(future: asyncio.Future[Version]) -> None:
+    """Mark an outcome's exception as seen: a ticket's result may never be awaited (no log noise)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _ended_ticket(job: Job, error: UserError) -> Ticket:
+    outcome = _outcome_future()
+    outcome.set_exception(error)
+    return Ticket(job, None, outcome)
+
+
+def _edit_outcome(result: EditResult, request: EditRequest) -> EditOutcome:
+    """Encode a result for the store (PNG, serialised inversion); runs off the event loop."""
+    inverted_now = result.inversion is not request.inversion
+    return EditOutcome(
+        image_png=result.image_png(),
+        width=result.image.width,
+        height=result.image.height,
+        caption=result.caption,
+        before_captions=tuple(result.before_captions),
+        after_captions=tuple(result.after_captions),
+        inversion=result.inversion.to_bytes() if inverted_now else None,
+        inversion_key=result.inversion.key,
+    )
+
+
+def _summary(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "mean": statistics.fmean(ordered),
+        "p50": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+    }

@@ -1,0 +1,164 @@
+"""The database's tables: their migrations, and how their rows become records.
+
+The tables are created by numbered sqlite-utils migrations, applied by :meth:`Store.open`.
+
+sqlite-utils applies each migration once, by name, in order, and records it in the database:
+a change to the schema is a new function below the others (``m002_...``), never an edit of
+one that was released.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from editor.types import EditSettings
+from sessions.models import Job, Version
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Record = TypeVar("_Record", bound="DataclassInstance")
+
+MIGRATIONS = Migrations("sessions")
+
+
+@MIGRATIONS()
+def m001_initial_schema(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            place_key TEXT NOT NULL,
+            transport TEXT NOT NULL,
+            guild_id TEXT,
+            channel_id TEXT NOT NULL,
+            thread_id TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX conversations_by_place ON conversations(place_key);
+
+        CREATE TABLE versions (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            parent_id TEXT REFERENCES versions(id),
+            author_id TEXT NOT NULL,
+            author_name TEXT NOT NULL,
+            instruction TEXT,
+            caption TEXT,
+            before_captions TEXT NOT NULL DEFAULT '[]',
+            after_captions TEXT NOT NULL DEFAULT '[]',
+            settings TEXT,
+            seed INTEGER,
+            image BLOB NOT NULL CHECK (length(image) > 0),
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            image_caption TEXT,
+            created_at REAL NOT NULL,
+            CHECK (parent_id IS NOT NULL OR instruction IS NULL)
+        );
+        CREATE INDEX versions_by_conversation ON versions(conversation_id);
+        CREATE INDEX versions_by_parent ON versions(parent_id);
+
+        CREATE TABLE message_links (
+            transport TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            version_id TEXT NOT NULL REFERENCES versions(id),
+            created_at REAL NOT NULL,
+            PRIMARY KEY (transport, message_id)
+        );
+
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            requester_id TEXT NOT NULL,
+            requester_name TEXT NOT NULL,
+            source_version_id TEXT REFERENCES versions(id),
+            kind TEXT NOT NULL CHECK (kind IN ('start', 'continue', 'retry', 'stronger', 'subtler')),
+            instruction TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            captions TEXT,
+            input_image BLOB,
+            input_width INTEGER,
+            input_height INTEGER,
+            state TEXT NOT NULL CHECK (
+                state IN ('queued', 'running', 'done', 'failed', 'cancelled', 'interrupted')),
+            error TEXT,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            result_version_id TEXT REFERENCES versions(id),
+            reply_context TEXT NOT NULL DEFAULT '{}',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            CHECK (kind = 'start' OR source_version_id IS NOT NULL),
+            CHECK (state <> 'done' OR result_version_id IS NOT NULL)
+        );
+        CREATE INDEX jobs_by_state ON jobs(state);
+
+        CREATE TABLE inversions (
+            version_id TEXT NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            data BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            last_used REAL NOT NULL,
+            PRIMARY KEY (version_id, key)
+        );
+        CREATE INDEX inversions_by_use ON inversions(last_used);
+
+        CREATE TABLE places (
+            key TEXT PRIMARY KEY,
+            transport TEXT NOT NULL,
+            guild_id TEXT,
+            channel_id TEXT NOT NULL,
+            thread_id TEXT,
+            settings TEXT NOT NULL DEFAULT '{}',
+            options TEXT NOT NULL DEFAULT '{}'
+        );
+        """
+    )
+
+
+# --- rows to records: a record's fields are its table's columns of the same names ----------
+
+
+def _columns(record: type[DataclassInstance], table: str) -> str:
+    """The columns named as the record's fields (a table may hold more, e.g. the image)."""
+    return ", ".join(f"{table}.{field.name}" for field in dataclasses.fields(record))
+
+
+def _from_row(
+    record: type[_Record], row: Mapping[str, Any], readers: Mapping[str, Callable[[Any], Any]]
+) -> _Record:
+    """A record from its columns, each taken as it is unless ``readers`` converts it."""
+    names = [field.name for field in dataclasses.fields(record)]
+    return record(**{name: readers[name](row[name]) if name in readers else row[name] for name in names})
+
+
+def _settings(text: str | None) -> EditSettings | None:
+    return EditSettings.from_dict(json.loads(text)) if text else None
+
+
+def _strings(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+#: The columns of ``versions`` and ``jobs`` stored as JSON; the others are read as they are.
+_VERSION_READERS = {"before_captions": _strings, "after_captions": _strings, "settings": _settings}
+_JOB_READERS = {"reply_context": json.loads}
+#: Every column of ``versions`` but the image, which only ``image_png`` reads.
+VERSION_COLUMNS = _columns(Version, "versions")
+JOB_COLUMNS = _columns(Job, "jobs")
+
+
+def version_from_row(row: Mapping[str, Any]) -> Version:
+    return _from_row(Version, row, _VERSION_READERS)
+
+
+def job_from_row(row: Mapping[str, Any]) -> Job:
+    return _from_row(Job, row, _JOB_READERS)

@@ -1,0 +1,129 @@
+"""What the bot did, as the fake saw it: a log the tests wait on, and failures injected per route."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from tests.support.discord.wire import Record, json_response
+
+
+@dataclass
+class FailureRule:
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    remaining: int
+    retry_after: float
+    body: dict[str, Any] | None
+
+
+class Journal:
+    """Every request the bot made (snapshots), awaitable; and the failures still to inject."""
+
+    def __init__(self) -> None:
+        self.log: list[Record] = []
+        self._log_changed = asyncio.Condition()
+        self._failures: list[FailureRule] = []
+
+    async def record(self, record: Record) -> None:
+        """Log a snapshot: the stored message keeps changing as the bot edits it."""
+        record = dataclasses.replace(record, result=copy.deepcopy(record.result))
+        async with self._log_changed:
+            self.log.append(record)
+            self._log_changed.notify_all()
+
+    async def wait_for(
+        self,
+        predicate: Callable[[Record], bool],
+        within: float = 30.0,
+        *,
+        since: int = 0,
+        description: str = "a matching request",
+    ) -> Record:
+        """The first record (from index ``since``) matching ``predicate``, waiting for it if needed."""
+        deadline = time.monotonic() + within
+        position = since
+        async with self._log_changed:
+            while True:
+                for record in self.log[position:]:
+                    if predicate(record):
+                        return record
+                position = len(self.log)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    recent = "\n".join(_describe(r) for r in self.log[since:][-15:])
+                    raise TimeoutError(f"no {description} within {within}s; the last records:\n{recent}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._log_changed.wait(), remaining)
+
+    async def wait_for_message(
+        self,
+        predicate: Callable[[dict[str, Any]], bool] = lambda _: True,
+        within: float = 30.0,
+        *,
+        since: int = 0,
+        kinds: tuple[str, ...] = ("message",),
+    ) -> dict[str, Any]:
+        """A message the bot created (or edited, with ``kinds=("edit",)``) matching ``predicate``."""
+        record = await self.wait_for(
+            lambda r: r.kind in kinds and r.result is not None and predicate(r.result),
+            within,
+            since=since,
+            description=f"bot message ({'/'.join(kinds)})",
+        )
+        assert record.result is not None
+        return record.result
+
+    def records(self, kind: str, since: int = 0) -> list[Record]:
+        return [r for r in self.log[since:] if r.kind == kind]
+
+    def fail_next(
+        self,
+        method: str,
+        path_pattern: str,
+        *,
+        status: int = 500,
+        times: int = 1,
+        retry_after: float = 0.05,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        """Answer the next ``times`` matching REST calls with ``status`` (429s carry Via + retry_after)."""
+        self._failures.append(
+            FailureRule(method.upper(), re.compile(path_pattern), status, times, retry_after, body)
+        )
+
+    def failure_for(self, method: str, path: str) -> web.Response | None:
+        """The injected answer to this call, if one is due (counted as used)."""
+        for rule in self._failures:
+            if rule.remaining > 0 and rule.method in (method, "*") and rule.pattern.search(path):
+                rule.remaining -= 1
+                if rule.status == 429:
+                    body = rule.body or {
+                        "message": "You are being rate limited.",
+                        "retry_after": rule.retry_after,
+                        "global": False,
+                    }
+                    return json_response(
+                        body, 429, {"Via": "1.1 google", "Retry-After": str(rule.retry_after)}
+                    )
+                return json_response(rule.body or {"message": "Injected failure", "code": 0}, rule.status)
+        return None
+
+
+def _describe(record: Record) -> str:
+    result = record.result or {}
+    reference = (result.get("message_reference") or {}).get("message_id")
+    return (
+        f"{record.kind} {record.method} {record.path} id={result.get('id')} reply_to={reference} "
+        f"files={len(result.get('attachments') or [])} {str(result.get('content', ''))[:70]!r}"
+    )

@@ -1,0 +1,167 @@
+"""The one stand-in for the engine, used by the tests and benchmarks: fast, countable, holdable.
+
+It checks inputs with the engine's own image and instruction checks, "edits" by tinting
+the image, and counts what the real engine would have had to compute: a BLIP caption
+when the request brings none, an inversion when the request brings no usable one, a
+language-model call when the request brings no captions. A job can be held before its
+first step (and is then cancellable) so tests decide the order of events instead of
+timing them; ``failures`` makes a named job raise. Each step can sleep (``step_s``, a
+job that waits) or spin (``busy_s``, a job that holds the GIL like Python-heavy work).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from editor.config import LimitsConfig
+from editor.images import check_instruction, load_image
+from editor.types import (
+    EditCounts,
+    EditRequest,
+    EditResult,
+    EditSettings,
+    Inversion,
+    StepCallback,
+    raise_if_cancelled,
+)
+from sessions.compose import App, compose
+from sessions.config import AppConfig
+
+LIMITS = LimitsConfig(max_input_bytes=200_000, max_instruction_chars=80)
+RESOLUTION = 32
+DEFAULTS = EditSettings(steps=4, num_captions=2)
+#: How often a held job looks for its release or a cancel.
+_HOLD_POLL_S = 0.002
+
+
+@dataclass(frozen=True)
+class Checked:
+    image: Image.Image
+    instruction: str
+
+
+class StandInEditor:
+    """Edits by blending the image toward a colour named by the instruction's length."""
+
+    template_names: tuple[str, ...] = ("few_shot",)
+
+    def __init__(
+        self,
+        *,
+        steps: int = 3,
+        step_s: float = 0.0,
+        busy_s: float = 0.0,
+        defaults: EditSettings = DEFAULTS,
+        limits: LimitsConfig = LIMITS,
+    ) -> None:
+        self.steps = steps
+        self.step_s = step_s
+        self.busy_s = busy_s
+        self.defaults = defaults
+        self.limits = limits
+        self.inversions = 0
+        self.captions = 0
+        self.language_model_calls = 0
+        #: Instructions (tidied) in the order their edits began.
+        self.started: list[str] = []
+        #: Instruction -> what its edit raises (after any hold).
+        self.failures: dict[str, BaseException] = {}
+        self._gates: dict[str, threading.Event] = {}
+
+    def hold(self, *instructions: str) -> None:
+        for instruction in instructions:
+            self._gates[instruction] = threading.Event()
+
+    def release(self, instruction: str) -> None:
+        self._gates[instruction].set()
+
+    def inversion_key(self, settings: EditSettings) -> str:
+        return f"tint-steps-{settings.steps}"
+
+    def check_inputs(self, request: EditRequest) -> Checked:
+        instruction = check_instruction(request.instruction, self.limits)
+        request.settings.validate(self.template_names)
+        return Checked(load_image(request.image, self.limits, RESOLUTION), instruction)
+
+    def edit(
+        self,
+        request: EditRequest,
+        *,
+        callback: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult:
+        # The worker always passes both; a stand-in that tolerated their absence would hide a bug.
+        assert callback is not None, "the worker passes a progress callback"
+        assert cancel is not None, "the worker passes a cancel event"
+        checked = self.check_inputs(request)
+        self.started.append(checked.instruction)
+        gate = self._gates.get(checked.instruction)
+        while gate is not None and not gate.wait(_HOLD_POLL_S):
+            raise_if_cancelled(cancel)
+        if checked.instruction in self.failures:
+            raise self.failures[checked.instruction]
+        caption, inversion = self._caption_and_inversion(request)
+        for step in range(1, self.steps + 1):
+            raise_if_cancelled(cancel)
+            self._work_one_step()
+            callback("edit", step, self.steps)
+        if request.captions is not None:
+            before, after = request.captions
+        else:
+            self.language_model_calls += 1
+            before, after = (caption,), (f"{caption}, {checked.instruction} (seed {request.seed})",)
+        colour = (len(checked.instruction) * 37 % 256, 80, 160)
+        strength = min(1.0, 0.3 * request.settings.direction_strength)
+        image = Image.blend(checked.image, Image.new("RGB", checked.image.size, colour), strength)
+        return EditResult(
+            image=image,
+            caption=caption,
+            before_captions=tuple(before),
+            after_captions=tuple(after),
+            inversion=inversion,
+            timings={"edit": (self.step_s + self.busy_s) * self.steps},
+            counts=EditCounts(),
+        )
+
+    def _caption_and_inversion(self, request: EditRequest) -> tuple[str, Inversion]:
+        """The request's caption and inversion when usable, counted stand-ins for BLIP and DDIM otherwise."""
+        key = self.inversion_key(request.settings)
+        usable = request.inversion if request.inversion is not None and request.inversion.key == key else None
+        if request.caption is not None:
+            caption = request.caption
+        elif usable is not None:
+            caption = usable.caption
+        else:
+            self.captions += 1
+            caption = f"a picture {self.captions}"
+        if usable is None or usable.caption != caption:
+            self.inversions += 1
+            usable = Inversion(
+                latents=torch.full((1, 4, 4, 4), float(self.inversions)), caption=caption, key=key
+            )
+        return caption, usable
+
+    def _work_one_step(self) -> None:
+        if self.step_s:
+            time.sleep(self.step_s)
+        deadline = time.perf_counter() + self.busy_s
+        while time.perf_counter() < deadline:  # holds the GIL, as Python-heavy work does
+            pass
+
+
+def stand_in_app(database: Path, editor: StandInEditor, *, per_user_cap: int = 3) -> App:
+    """The real store, worker and service around ``editor``, composed as ``bot.py`` composes them."""
+    config = AppConfig.from_mapping(
+        {
+            "storage": {"database": str(database)},
+            "worker": {"max_queue": 10, "per_user_cap": per_user_cap, "job_timeout_s": 30.0},
+        },
+        database.parent,
+    )
+    return compose(config, editor=editor)
