@@ -131,7 +131,7 @@ class Editor:
         diffusion = DiffusionModels.from_pretrained(config.model_path("diffusion"), device, dtype)
         editor = cls(config, defaults, captioner, caption_writer, diffusion)
         if config.compile:
-            editor._compile()
+            editor.compile()
         defaults.validate(editor.template_names)
         return editor
 
@@ -346,11 +346,11 @@ class Editor:
         finally:
             module.to("cpu")
 
-    def _compile(self) -> None:
+    def compile(self, backend: str = "inductor") -> None:
         """``engine.compile``: the UNet compiled and channels-last; on CUDA, TF32 matmuls and
         convolutions for the float32 VAE; a static KV cache for the language model (on CUDA
-        transformers then compiles its decoding step)."""
-        self.diffusion.compile()
+        transformers then compiles its decoding step). Graphs are made on the first edit."""
+        self.diffusion.compile(backend)
         if self.diffusion.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
