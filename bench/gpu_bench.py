@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edit_bench import PeakMemory, measure_many, measure_reference, reference_pipeline
 
+from editor.captions import CausalLanguageModel
 from editor.config import edit_defaults, engine_config, load_yaml
 from editor.engine import Editor
 from editor.types import EditRequest, EditResult
@@ -167,7 +168,9 @@ def run_many(editor: Editor, args: argparse.Namespace, memory: PeakMemory) -> li
 def run_reference(
     editor: Editor, results: dict[int, EditResult], args: argparse.Namespace, memory: PeakMemory
 ) -> list[Row]:
-    for module in (editor.captioner.model, editor.caption_writer.generate_text.model):
+    language_model = editor.caption_writer.generate_text
+    assert isinstance(language_model, CausalLanguageModel)
+    for module in (editor.captioner.model, language_model.model):
         module.to("cpu")
     gc.collect()
     if editor.diffusion.device.type == "cuda":

@@ -69,7 +69,7 @@ class _ProbedCrossAttention:
         probs = attn.get_attention_scores(query, key, attention_mask)
         if probe.recording is not None:
             probe.recording[self.name] = probs.detach()
-        else:
+        elif probe.reference is not None:
             layer_loss = map_distance(probs, probe.reference[self.name], attn.heads)
             probe.loss = layer_loss if probe.loss is None else probe.loss + layer_loss
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))

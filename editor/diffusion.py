@@ -5,8 +5,8 @@
 caption records each step's cross-attention maps, and the guided edit under caption +
 direction pulls its own maps toward them at the same step. Only one step of maps is held
 (66 MB at 512 px in fp16, against 3.3 GB for all 50 steps); the result is bit-identical to
-running :meth:`DiffusionModels.reconstruct` (all steps' maps) then
-:meth:`DiffusionModels.guided_edit`, which remain for callers that want the maps.
+passing :meth:`DiffusionModels.edit` the maps of all steps that
+:meth:`DiffusionModels.reconstruct` records, for callers that want them.
 
 The math follows diffusers' deprecated ``StableDiffusionPix2PixZeroPipeline`` (``invert`` then
 ``__call__``), which ``tests/test_diffusion.py`` checks we match. Intended differences:
@@ -55,8 +55,8 @@ import torch
 from editor.attention import AttentionProbe
 from editor.config import InversionConfig
 from editor.guidance import CrossAttentionMaps, DenoisingSteps, Timestep, UNetCounter
-from editor.inversion import check_cancel, draw_shifts, regularisation_draws, regularise, to_device
-from editor.types import EditSettings, InvalidInput, StepCallback
+from editor.inversion import draw_shifts, regularisation_draws, regularise, to_device
+from editor.types import EditSettings, InvalidInput, StepCallback, raise_if_cancelled
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -200,7 +200,7 @@ class DiffusionModels:
         embeds = caption_embeds.to(self.device, self.dtype)
         latents = latents.to(self.device, torch.float32)
         for step, (timestep, unet_timestep) in enumerate(self._timesteps(scheduler), start=1):
-            check_cancel(cancel)
+            raise_if_cancelled(cancel)
             with torch.no_grad():
                 noise = self._predict(latents, unet_timestep, embeds, "invert", counter)
             # Drawn while the GPU runs the forward above; one copy for the whole step.
@@ -245,65 +245,12 @@ class DiffusionModels:
         with self._probe.attached(self.unet) as probe:
             steps_of = self._steps(scheduler, probe, counter, cancel)
             for step, timestep in enumerate(self._timesteps(scheduler), start=1):
-                check_cancel(cancel)
+                raise_if_cancelled(cancel)
                 latents, maps = steps_of.reconstruct(latents, timestep, embeds, guidance_scale)
                 per_step.append(maps)
                 counter.hold_maps(per_step)
                 _report(callback, "reconstruct", step, steps)
         return CrossAttentionMaps(tuple(scheduler.timesteps.tolist()), tuple(per_step))
-
-    def guided_edit(
-        self,
-        inverted: torch.Tensor,
-        reference: CrossAttentionMaps,
-        caption_embeds: torch.Tensor,
-        direction: torch.Tensor,
-        *,
-        settings: EditSettings,
-        strengths: Sequence[float] | None = None,
-        negative_embeds: torch.Tensor | None = None,
-        callback: StepCallback | None = None,
-        cancel: threading.Event | None = None,
-        counter: UNetCounter | None = None,
-    ) -> torch.Tensor:
-        """Denoise under caption + strength x direction, each step first pulling the latent's
-        cross-attention toward ``reference`` by one gradient step of size
-        ``settings.cross_attention_guidance``. Returns the edited latents (float32).
-
-        ``direction`` is ``[K, tokens, dim]``: K edits, batched, each with its strength
-        (``strengths``, by default ``settings.direction_strength`` for all); the result is
-        ``[K, ...]``. As in pix2pix-zero, the two classifier-free halves each take their own
-        gradient step and predict from their own moved copy; the DDIM step continues from the
-        negative half's copy. ``negative_embeds`` defaults to the caption, as in
-        :meth:`reconstruct`, whose maps ``reference`` must be.
-        """
-        self._check_latents(inverted)
-        embeds = self._edit_embeds(caption_embeds, negative_embeds, direction, settings, strengths)
-        counter = UNetCounter() if counter is None else counter
-        scheduler = self._scheduler(settings.steps)
-        if reference.timesteps != tuple(scheduler.timesteps.tolist()):
-            raise ValueError(
-                f"the attention maps were recorded over {len(reference.timesteps)} steps, "
-                f"the edit runs {settings.steps}"
-            )
-        start = inverted.to(self.device, torch.float32) * scheduler.init_noise_sigma
-        latents = torch.cat([start] * len(direction))  # keeps the memory layout, hence the rounding
-        with self._probe.attached(self.unet) as probe:
-            steps_of = self._steps(scheduler, probe, counter, cancel)
-            for step, (timestep, maps) in enumerate(
-                zip(self._timesteps(scheduler), reference.per_step, strict=True), 1
-            ):
-                check_cancel(cancel)
-                latents = steps_of.guided(
-                    latents,
-                    timestep,
-                    embeds,
-                    maps,
-                    step_size=settings.cross_attention_guidance,
-                    guidance_scale=settings.guidance_scale,
-                )
-                _report(callback, "edit", step, settings.steps)
-        return latents
 
     def edit(
         self,
@@ -312,6 +259,7 @@ class DiffusionModels:
         direction: torch.Tensor,
         *,
         settings: EditSettings,
+        reference: CrossAttentionMaps | None = None,
         strengths: Sequence[float] | None = None,
         negative_embeds: torch.Tensor | None = None,
         fold_equal_halves: bool = True,
@@ -319,9 +267,18 @@ class DiffusionModels:
         cancel: threading.Event | None = None,
         counter: UNetCounter | None = None,
     ) -> torch.Tensor:
-        """:meth:`reconstruct` and :meth:`guided_edit` interleaved step by step: each step's maps
-        are recorded, used and dropped. Same arguments and result as the two run in turn
-        (bit-identical); progress is reported as the ``edit`` stage only."""
+        """Denoise under caption + strength x direction, each step first pulling the latents'
+        cross-attention toward the reconstruction's by one gradient step of size
+        ``settings.cross_attention_guidance``. Returns the edited latents (float32).
+
+        Without ``reference`` the reconstruction runs interleaved, step by step: each step's
+        maps are recorded, used and dropped, bit-identical to passing what :meth:`reconstruct`
+        records (same caption, negative prompt, steps and guidance). ``direction`` is
+        ``[K, tokens, dim]``: K edits as one batch, each with its strength (``strengths``, by
+        default ``settings.direction_strength``); the result is ``[K, ...]``. The negative
+        prompt is the caller's choice; by default the caption itself (Pix2Pix-OnTheFly and
+        pix2pix-zero). Progress is reported as the ``edit`` stage.
+        """
         self._check_latents(inverted)
         reconstruction_embeds = self._reconstruction_embeds(
             caption_embeds, negative_embeds, fold_equal_halves
@@ -329,16 +286,26 @@ class DiffusionModels:
         embeds = self._edit_embeds(caption_embeds, negative_embeds, direction, settings, strengths)
         counter = UNetCounter() if counter is None else counter
         scheduler = self._scheduler(settings.steps)
+        timesteps = self._timesteps(scheduler)
+        if reference is not None and reference.timesteps != tuple(t for t, _ in timesteps):
+            raise ValueError(
+                f"the attention maps were recorded over {len(reference.timesteps)} steps, "
+                f"the edit runs {settings.steps}"
+            )
         reconstruction = inverted.to(self.device, torch.float32) * scheduler.init_noise_sigma
         latents = torch.cat([reconstruction] * len(direction))  # keeps the layout, hence the rounding
         with self._probe.attached(self.unet) as probe:
             steps_of = self._steps(scheduler, probe, counter, cancel)
-            for step, timestep in enumerate(self._timesteps(scheduler), start=1):
-                check_cancel(cancel)
-                reconstruction, maps = steps_of.reconstruct(
-                    reconstruction, timestep, reconstruction_embeds, settings.guidance_scale
-                )
-                counter.hold_maps([maps])
+            for step, timestep in enumerate(timesteps, start=1):
+                raise_if_cancelled(cancel)
+                maps: Mapping[str, torch.Tensor]
+                if reference is None:
+                    reconstruction, maps = steps_of.reconstruct(
+                        reconstruction, timestep, reconstruction_embeds, settings.guidance_scale
+                    )
+                    counter.hold_maps([maps])
+                else:
+                    maps = reference.per_step[step - 1]
                 latents = steps_of.guided(
                     latents,
                     timestep,

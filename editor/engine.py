@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -47,6 +48,9 @@ from editor.types import (
     StepCallback,
     raise_if_cancelled,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +385,7 @@ class Editor:
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _language_model(caption_writer: CaptionWriter) -> torch.nn.Module | None:
+def _language_model(caption_writer: CaptionWriter) -> PreTrainedModel | None:
     """The language model's torch module, when the caption writer runs one."""
     generate_text = caption_writer.generate_text
     return generate_text.model if isinstance(generate_text, CausalLanguageModel) else None
@@ -418,4 +422,3 @@ def _result(
 
 def _ignore_progress(stage: str, step: int, total: int) -> None:
     """The default callback: nobody is watching."""
-

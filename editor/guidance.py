@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from editor.attention import AttentionProbe
-from editor.inversion import check_cancel
+from editor.types import raise_if_cancelled
 
 #: A timestep as the scheduler wants it (a Python int) and as the UNet wants it (on the device).
 Timestep = tuple[int, torch.Tensor]
@@ -116,7 +116,7 @@ class DenoisingSteps:
         model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2), step_timestep)
         if step_size > 0:
             model_input = self._pull_attention(model_input, unet_timestep, embeds, maps, step_size)
-            check_cancel(self.cancel)
+            raise_if_cancelled(self.cancel)
         with torch.no_grad():
             noise = self.predict(model_input, unet_timestep, embeds, "edit")
         negative_copies = model_input.chunk(2)[0]

@@ -16,15 +16,10 @@ from collections.abc import Callable
 import torch
 
 from editor.config import InversionConfig
-from editor.types import EditCancelled
+from editor.types import raise_if_cancelled
 
 #: The auto-correlation pyramid stops once the shorter side is this small (pix2pix-zero: 8x8).
 PYRAMID_MIN_SIDE = 8
-
-
-def check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise EditCancelled("The edit was cancelled.")
 
 
 def draw_roll(size: int, generator: torch.Generator, *, allow_zero_roll: bool = False) -> int:
@@ -154,7 +149,7 @@ def regularise(
 
     with torch.enable_grad():
         for _ in range(config.regularisation_steps):
-            check_cancel(cancel)
+            raise_if_cancelled(cancel)
             if config.auto_correlation_weight > 0:
                 for _ in range(config.auto_correlation_rolls):
                     step = gradient(noise, auto_correlation) / config.auto_correlation_rolls

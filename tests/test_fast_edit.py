@@ -84,8 +84,8 @@ def test_interleaved_edit_is_bit_identical_to_the_two_passes(
         negative_embeds=negative_embeds,
         fold_equal_halves=fold,
     )
-    two_passes = models.guided_edit(
-        inverted, maps, caption, direction, settings=SETTINGS, negative_embeds=negative_embeds
+    two_passes = models.edit(
+        inverted, caption, direction, settings=SETTINGS, reference=maps, negative_embeds=negative_embeds
     )
     interleaved = models.edit(
         inverted,
