@@ -38,6 +38,7 @@ from editor.config import EngineConfig, LimitsConfig, resolve_path
 from editor.diffusion import DiffusionModels, UNetCounter
 from editor.direction import edit_direction
 from editor.images import check_instruction, load_image
+from editor.overrides import check_caption_overrides
 from editor.types import (
     EditCounts,
     EditRequest,
@@ -159,6 +160,13 @@ class Editor:
         }
         digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
         return digest[:16]
+
+    def check_captions(self, captions: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+        """Refuse captions a person wrote that CLIP would cut short or that change nothing."""
+        tokenizer = self.diffusion.tokenizer
+        check_caption_overrides(
+            captions, lambda text: len(tokenizer(text).input_ids), tokenizer.model_max_length
+        )
 
     def check_inputs(self, request: EditRequest) -> PreparedInput:
         """Raise :class:`InvalidInput` with a message for the user before any model runs."""

@@ -17,17 +17,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
+from handlers.console_steering import HELP as STEERING_HELP
+from handlers.console_steering import SteeringCommands
 from sessions import Author, EditCancelled, EditService, Place, Progress, Ticket, UserError, Version
 
 log = logging.getLogger(__name__)
 
-HELP = """\
+HELP = f"""\
 Type an instruction (e.g. "make it snowy") to edit the current image, or a command:
   /load PATH [instruction]  start from an image file (quote paths with spaces)
   /undo                     go back to the image this one was edited from
   /retry                    redo the last edit with a new seed
   /stronger, /subtler       the same edit, pushed further or held back
   /captions                 how the instruction was read (BLIP and before/after captions)
+{STEERING_HELP}
   /history                  write a contact sheet of how this image came about
   /versions                 the tree of this conversation (* marks the current image)
   /goto ID                  make another version the current one
@@ -39,7 +42,7 @@ PROGRESS_QUARTERS = 4
 CURRENT = "current_version"
 
 
-class ConsoleChat:
+class ConsoleChat(SteeringCommands):
     """One console session: reads lines, runs edits one at a time, prints what happened."""
 
     def __init__(
@@ -60,6 +63,7 @@ class ConsoleChat:
         self._stdout = stdout
         self._loaded: tuple[Path, bytes] | None = None
         self._recovered: list[Ticket] = []
+        self._lines: asyncio.Queue[str | Exception | None] | None = None
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
             "load": self._load,
             "undo": self._undo,
@@ -67,6 +71,8 @@ class ConsoleChat:
             "stronger": self._stronger,
             "subtler": self._subtler,
             "captions": self._captions,
+            "fix": self._fix,
+            "delete": self._delete,
             "history": self._history,
             "versions": self._versions,
             "goto": self._goto,
@@ -82,7 +88,7 @@ class ConsoleChat:
 
     async def run(self) -> None:
         """Chat until /quit or the end of input."""
-        lines = self._read_lines()
+        lines = self._lines = self._read_lines()
         self._say("Pix2Pix-OnTheFly console. Type /help for commands.")
         for ticket in self._recovered:
             self._say(f"Finishing “{ticket.job.instruction}”, started before the restart…")
@@ -114,6 +120,18 @@ class ConsoleChat:
                 return
 
     # --- input ----------------------------------------------------------------------
+
+    async def _ask(self, prompt: str) -> str | None:
+        """The next line typed, after ``prompt``; None once the input has ended."""
+        assert self._lines is not None, "asked outside run()"
+        self._stdout.write(prompt)
+        self._stdout.flush()
+        line = await self._lines.get()
+        if not isinstance(line, str):
+            await self._lines.put(line)  # the end (or the error) is also for run() to see
+            return None
+        self._stdout.write("\n" if not self._stdin.isatty() else "")
+        return line.rstrip("\n")
 
     def _read_lines(self) -> asyncio.Queue[str | Exception | None]:
         """Lines from a daemon thread: a blocked read never holds up shutdown (Ctrl-C).
@@ -344,7 +362,8 @@ def _read_file(name: str) -> tuple[Path, bytes] | str:
 def _describe(version: Version) -> str:
     if version.instruction is None:
         return f"the original, from {version.author_name}"
-    return f"“{version.instruction}” by {version.author_name}"
+    deleted = " (deleted)" if version.is_deleted else ""
+    return f"“{version.instruction}” by {version.author_name}{deleted}"
 
 
 def _progress_mark(update: Progress) -> tuple[str | None, int]:

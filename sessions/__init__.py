@@ -10,14 +10,18 @@ from editor.types import STAGES, EditCancelled, EditSettings, InvalidInput
 from sessions.compose import App, compose
 from sessions.config import AppConfig, ConsoleConfig, DiscordConfig, OpsConfig, StorageConfig, load_config
 from sessions.errors import JobFailed, NotAllowed, NotFound, NothingToUndo, Postponed, Rejected, UserError
-from sessions.models import Author, Job, JobKind, Place, Version
+from sessions.models import CHAIN_MODES, Author, ChainMode, Job, JobKind, Place, Version
+from sessions.policy import ChannelPolicy
 from sessions.service import EditService, Ticket
 
 __all__ = [
+    "CHAIN_MODES",
     "STAGES",
     "App",
     "AppConfig",
     "Author",
+    "ChainMode",
+    "ChannelPolicy",
     "ConfigError",
     "ConsoleConfig",
     "DiscordConfig",

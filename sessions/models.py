@@ -7,7 +7,13 @@ from typing import Any, Literal
 
 from editor.types import EditSettings
 
-JobKind = Literal["start", "continue", "retry", "stronger", "subtler"]
+JobKind = Literal["start", "continue", "retry", "stronger", "subtler", "fix", "variations"]
+#: Who wrote a version's before/after captions: the language model, or a person (Fix captions).
+CaptionsBy = Literal["model", "person"]
+#: How a turn of a conversation is made (see ``EditService``): from the previous result's own
+#: inversion, or as the lineage's directions summed on the conversation's first inversion.
+ChainMode = Literal["reinvert", "compose"]
+CHAIN_MODES: tuple[ChainMode, ...] = ("reinvert", "compose")
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 
 #: States after which a job changes no more.
@@ -85,10 +91,17 @@ class Version:
     height: int
     created_at: float
     image_caption: str | None = None
+    captions_by: CaptionsBy = "model"
+    #: When the version's message was deleted; it stays in the tree for its descendants.
+    deleted_at: float | None = None
 
     @property
     def is_original(self) -> bool:
         return self.parent_id is None
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,90 @@ def m001_initial_schema(db: Database) -> None:
     )
 
 
+@MIGRATIONS(transactional=False)
+def m002_steering(db: Database) -> None:
+    """Issue 13: captions written by a person, deleted versions, variations and the chain mode.
+
+    ``jobs`` is rebuilt (SQLite cannot change a CHECK) to allow the kinds ``fix`` and
+    ``variations``; a variations job ends with candidates, not a version. SQLite's procedure
+    for a rebuild runs with foreign keys off, hence no migration transaction of its own.
+    """
+    db.execute("PRAGMA foreign_keys = OFF")
+    try:
+        with db.atomic():
+            # One statement at a time: executescript() would commit first.
+            for statement in _STEERING.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            problems = db.execute("PRAGMA foreign_key_check").fetchall()
+            if problems:
+                raise RuntimeError(f"m002_steering broke foreign keys: {problems[:5]}")
+    finally:
+        db.execute("PRAGMA foreign_keys = ON")
+
+
+_JOB_COLUMNS_M001 = (
+    "id, conversation_id, requester_id, requester_name, source_version_id, kind, instruction, "
+    "settings, seed, captions, input_image, input_width, input_height, state, error, created_at, "
+    "started_at, finished_at, result_version_id, reply_context, attempts"
+)
+_STEERING = f"""
+    ALTER TABLE versions ADD COLUMN captions_by TEXT NOT NULL DEFAULT 'model'
+        CHECK (captions_by IN ('model', 'person'));
+    ALTER TABLE versions ADD COLUMN deleted_at REAL;
+    ALTER TABLE versions ADD COLUMN deleted_by TEXT;
+
+    CREATE TABLE jobs_steering (
+        id TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        requester_id TEXT NOT NULL,
+        requester_name TEXT NOT NULL,
+        source_version_id TEXT REFERENCES versions(id),
+        kind TEXT NOT NULL CHECK (
+            kind IN ('start', 'continue', 'retry', 'stronger', 'subtler', 'fix', 'variations')),
+        instruction TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        captions TEXT,
+        input_image BLOB,
+        input_width INTEGER,
+        input_height INTEGER,
+        state TEXT NOT NULL CHECK (
+            state IN ('queued', 'running', 'done', 'failed', 'cancelled', 'interrupted')),
+        error TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        result_version_id TEXT REFERENCES versions(id),
+        reply_context TEXT NOT NULL DEFAULT '{{}}',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        captions_by TEXT NOT NULL DEFAULT 'model' CHECK (captions_by IN ('model', 'person')),
+        chain TEXT NOT NULL DEFAULT 'reinvert' CHECK (chain IN ('reinvert', 'compose')),
+        CHECK (kind = 'start' OR source_version_id IS NOT NULL),
+        CHECK (state <> 'done' OR result_version_id IS NOT NULL OR kind = 'variations')
+    );
+    INSERT INTO jobs_steering ({_JOB_COLUMNS_M001}) SELECT {_JOB_COLUMNS_M001} FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_steering RENAME TO jobs;
+    CREATE INDEX jobs_by_state ON jobs(state);
+
+    CREATE TABLE variations (
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        position INTEGER NOT NULL,
+        image BLOB NOT NULL CHECK (length(image) > 0),
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        seed INTEGER NOT NULL,
+        settings TEXT NOT NULL,
+        caption TEXT NOT NULL,
+        before_captions TEXT NOT NULL,
+        after_captions TEXT NOT NULL,
+        version_id TEXT REFERENCES versions(id),
+        PRIMARY KEY (job_id, position)
+    );
+"""
+
+
 # --- rows to records: a record's fields are its table's columns of the same names ----------
 
 

@@ -18,19 +18,21 @@ import asyncio
 import io
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from PIL import Image
 
 from editor.config import LimitsConfig
+from editor.overrides import tidy_captions
 from editor.types import EditRequest, EditSettings, InvalidInput
 from editor.worker import EditWorker
 from sessions.contact_sheet import draw_lineage
 from sessions.errors import NotAllowed, NotFound, NothingToUndo, Rejected, UserError
 from sessions.jobs import JobRunner, Ticket
-from sessions.models import Author, Job, JobKind, Place, Version
+from sessions.models import Author, CaptionsBy, Job, JobKind, Place, Version
+from sessions.places import PlaceChoices
 from sessions.store import Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class _Edit:
     settings: EditSettings
     seed: int
     captions: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    captions_by: CaptionsBy = "model"
 
 
 class CheckedInput(Protocol):
@@ -75,6 +78,7 @@ class ServiceEditor(Protocol):
     def limits(self) -> LimitsConfig: ...
     def inversion_key(self, settings: EditSettings) -> str: ...
     def check_inputs(self, request: EditRequest) -> CheckedInput: ...
+    def check_captions(self, captions: tuple[tuple[str, ...], tuple[str, ...]]) -> None: ...
 
 
 Listener = Callable[[Ticket], Awaitable[None]]
@@ -90,7 +94,7 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class EditService:
+class EditService(PlaceChoices):
     """Conversations as edit trees over one store, one edit worker and the editor it runs.
 
     ``editor.check_inputs(request)`` validates a request the way the engine will and returns
@@ -100,7 +104,7 @@ class EditService:
     """
 
     def __init__(self, store: Store, worker: EditWorker, editor: ServiceEditor) -> None:
-        self._store = store
+        super().__init__(store, editor.defaults, editor.template_names)
         self._worker = worker
         self._editor = editor
         self._jobs = JobRunner(store, worker, editor.inversion_key)
@@ -191,9 +195,8 @@ class EditService:
         """Redo the edit that made this version from its parent, with a new seed."""
         edit, parent = self._edit_of(version_id, "retry")
         # A new seed samples new before/after captions: that is what makes a retry differ.
-        return self._request(
-            "retry", parent, author, replace(edit, seed=_new_seed(), captions=None), reply_context
-        )
+        fresh = replace(edit, seed=_new_seed(), captions=None, captions_by="model")
+        return self._request("retry", parent, author, fresh, reply_context)
 
     def stronger(
         self, version_id: str, author: Author, *, reply_context: dict[str, Any] | None = None
@@ -206,6 +209,38 @@ class EditService:
     ) -> Ticket:
         """The same edit (instruction, seed, captions) held back."""
         return self._rescaled(version_id, author, 1 / STRENGTH_STEP, "subtler", reply_context)
+
+    def check_fix(self, version_id: str, before: Sequence[str], after: Sequence[str]) -> None:
+        """Raise (Rejected) as :meth:`fix_captions` would, without queueing anything."""
+        self._fixed(version_id, before, after)
+
+    def fix_captions(
+        self,
+        version_id: str,
+        author: Author,
+        before: Sequence[str],
+        after: Sequence[str],
+        *,
+        reply_context: dict[str, Any] | None = None,
+    ) -> Ticket:
+        """Redo this version's edit from its parent with a person's before/after captions.
+
+        No language model runs and the parent's cached inversion is reused; the new version's
+        captions are marked as a person's. Captions CLIP would cut short, or that change
+        nothing, are refused (Rejected) before anything is queued.
+        """
+        fixed, parent = self._fixed(version_id, before, after)
+        return self._request("fix", parent, author, fixed, reply_context)
+
+    def delete_version(self, version_id: str, by: Author) -> Version:
+        """Mark a result deleted (its requester or a moderator): it stays in the tree for the
+        branches made from it, and leaves /history."""
+        version = self.get_version(version_id)
+        if version.is_original:
+            raise UserError("The original image can't be deleted here; its edits are built on it.")
+        if by.id != version.author_id and not by.is_moderator:
+            raise NotAllowed("Only the person who asked for this edit, or a moderator, can delete it.")
+        return self._store.mark_deleted(version_id, by.id)
 
     async def cancel(self, job_id: str, by: Author) -> bool:
         """Cancel a waiting or running job; False if it had already ended."""
@@ -243,16 +278,17 @@ class EditService:
         return data
 
     def undo(self, version_id: str) -> Version:
-        """The version this one was edited from, to show again."""
+        """The version this one was edited from (past deleted ones), to show again."""
         version = self.get_version(version_id)
         if version.parent_id is None:
             raise NothingToUndo("This is the original image; there is nothing to undo.")
-        return self.get_version(version.parent_id)
+        return next(v for v in reversed(self._store.lineage(version.parent_id)) if not v.is_deleted)
 
     def history(self, version_id: str) -> list[Version]:
-        """The lineage of a version: its original first, the version itself last."""
-        self.get_version(version_id)
-        return self._store.lineage(version_id)
+        """The lineage of a version, its original first and itself last, without deleted steps."""
+        if self.get_version(version_id).is_deleted:
+            raise NotFound("That result was deleted, so its history isn't shown.")
+        return [version for version in self._store.lineage(version_id) if not version.is_deleted]
 
     def place_of(self, version: Version) -> Place:
         """Where a version's conversation lives, so a transport can keep it within its server."""
@@ -273,45 +309,6 @@ class EditService:
         """Remember that a transport's message shows a version (several messages may)."""
         self.get_version(version_id)
         self._store.link_message(transport, str(message_id), version_id)
-
-    def channel_settings(self, place: Place) -> EditSettings:
-        """The defaults with the place's overrides (unknown old overrides are ignored).
-
-        A thread inherits its channel's overrides and may override them again.
-        """
-        known = self.defaults.to_dict()
-        layers = [place] if place.parent is None else [place.parent, place]
-        overrides = {
-            name: value
-            for layer in layers
-            for name, value in self._store.place_settings(layer).items()
-            if name in known
-        }
-        return self.defaults.replace(**overrides)
-
-    def update_channel_settings(self, place: Place, **changes: Any) -> EditSettings:
-        """Override settings for a place; a value of None goes back to the default."""
-        unknown = sorted(set(changes) - set(self.defaults.to_dict()))
-        if unknown:
-            raise Rejected(
-                f"Unknown setting(s): {', '.join(unknown)}. Known: {', '.join(self.defaults.to_dict())}."
-            )
-        current = self.channel_settings(place)
-        candidate = current.replace(**{name: value for name, value in changes.items() if value is not None})
-        try:
-            candidate.validate(self.templates)
-        except InvalidInput as error:
-            raise Rejected(str(error)) from error
-        self._store.update_place(place, "settings", changes)
-        return self.channel_settings(place)
-
-    def channel_options(self, place: Place) -> dict[str, Any]:
-        """Free-form per-place state for transports (e.g. an edit-channel flag)."""
-        return self._store.place_options(place)
-
-    def update_channel_options(self, place: Place, **changes: Any) -> dict[str, Any]:
-        """Merge JSON-serialisable options into a place's; a value of None removes one."""
-        return self._store.update_place(place, "options", changes)
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, jobs by state, cache size and recent latencies, for the ops endpoint."""
@@ -339,8 +336,23 @@ class EditService:
                 "Reply with an instruction to edit it."
             )
         captions = (version.before_captions, version.after_captions)
-        edit = _Edit(version.instruction, version.settings, version.seed, captions if all(captions) else None)
+        edit = _Edit(
+            version.instruction,
+            version.settings,
+            version.seed,
+            captions if all(captions) else None,
+            version.captions_by,
+        )
         return edit, self.get_version(version.parent_id)
+
+    def _fixed(self, version_id: str, before: Sequence[str], after: Sequence[str]) -> tuple[_Edit, Version]:
+        edit, parent = self._edit_of(version_id, "fix")
+        captions = tidy_captions(before, after)
+        try:
+            self._editor.check_captions(captions)
+        except InvalidInput as error:
+            raise Rejected(str(error)) from error
+        return replace(edit, captions=captions, captions_by="person"), parent
 
     def _rescaled(
         self,
@@ -383,6 +395,7 @@ class EditService:
             settings=edit.settings,
             seed=edit.seed,
             captions=edit.captions,
+            captions_by=edit.captions_by,
             reply_context=reply_context or {},
         )
         return self._jobs.submit(job)

@@ -22,7 +22,7 @@ from sqlite_utils import Database
 
 from editor.types import EditSettings
 from sessions.inversions import InversionCache
-from sessions.models import Author, Job, JobKind, Place, Version
+from sessions.models import Author, CaptionsBy, ChainMode, Job, JobKind, Place, Version
 from sessions.schema import JOB_COLUMNS, MIGRATIONS, VERSION_COLUMNS, job_from_row, version_from_row
 
 _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o, 1/l/i: easy to read back and type
@@ -134,6 +134,16 @@ class Store:
         )
         return [version_from_row(row) for row in rows]
 
+    def mark_deleted(self, version_id: str, by: str) -> Version:
+        self.db.execute(
+            "UPDATE versions SET deleted_at = coalesce(deleted_at, ?), deleted_by = coalesce(deleted_by, ?) "
+            "WHERE id = ?",
+            [time.time(), by, version_id],
+        )
+        version = self.get_version(version_id)
+        assert version is not None
+        return version
+
     # --- jobs --------------------------------------------------------------------------
 
     def add_job(
@@ -150,6 +160,8 @@ class Store:
         input_png: bytes | None = None,
         input_size: tuple[int, int] | None = None,
         captions: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+        captions_by: CaptionsBy = "model",
+        chain: ChainMode = "reinvert",
     ) -> Job:
         """Record a queued job; a start job (``place`` and ``input_png``) opens a conversation."""
         now = time.time()
@@ -193,6 +205,8 @@ class Store:
                     "state": "queued",
                     "created_at": now,
                     "reply_context": json.dumps(reply_context),
+                    "captions_by": captions_by,
+                    "chain": chain,
                 }
             )
         job = self.get_job(job_id)
@@ -288,7 +302,7 @@ class Store:
         with self.db.atomic():
             row = self._one(
                 "SELECT kind, conversation_id, requester_id, requester_name, source_version_id, "
-                "instruction, settings, seed, input_image, input_width, input_height, state "
+                "instruction, settings, seed, input_image, input_width, input_height, state, captions_by "
                 "FROM jobs WHERE id = ?",
                 [job_id],
             )
@@ -323,6 +337,7 @@ class Store:
                 image=outcome.image_png,
                 width=outcome.width,
                 height=outcome.height,
+                captions_by=row["captions_by"],
             )
             if outcome.inversion is not None:
                 self.inversions.put(source_id, outcome.inversion_key, outcome.inversion, now)

@@ -145,7 +145,15 @@ async def test_upload_with_instruction_gets_status_then_result(world: World) -> 
     assert f"asked by <@{alice}>" in result["content"]
     assert "\nunderstood as: " in result["content"]
     assert " → " in result["content"]
-    assert set(buttons(result)) == {"Undo", "Retry", "Stronger", "Subtler", "Captions"}
+    assert set(buttons(result)) == {
+        "Undo",
+        "Retry",
+        "Stronger",
+        "Subtler",
+        "Captions",
+        "Fix captions",
+        "Delete",
+    }
     assert result["attachments"][0]["filename"].endswith(".png")
     assert fake.attachment_bytes(result["attachments"][0]).startswith(b"\x89PNG")
     done = await world.final_status(status, "✅")

@@ -318,6 +318,7 @@ async def test_settings_need_manage_server_and_only_work_in_servers(tmp_path: Pa
         "defaults",
         "edit_channel",
         "safety_check",
+        "steering",
     }
     assert [(o["name"], o["type"]) for o in commands["edit"]["options"]] == [
         ("image", 11),

@@ -81,7 +81,10 @@ def test_opening_twice_applies_the_migrations_once_and_keeps_the_data(tmp_path: 
     first.close()
     second = Store.open(path)
     try:
-        assert [m.name for m in MIGRATIONS.applied(second.db)] == ["m001_initial_schema"]
+        applied = [m.name for m in MIGRATIONS.applied(second.db)]
+        assert applied[0] == "m001_initial_schema"
+        assert len(applied) == len(set(applied))
+        assert MIGRATIONS.pending(second.db) == []
         assert second.get_job(job_id) is not None
         assert second.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert second.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1

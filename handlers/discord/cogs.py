@@ -6,7 +6,7 @@ policy of ``errors.py``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -102,8 +102,10 @@ class EditCommands(commands.Cog):
 
     def _settings_summary(self, interaction: discord.Interaction) -> str:
         assert interaction.guild_id is not None
+        place = _settings_place(interaction)
         return render.settings_text(
-            self.service.channel_settings(_settings_place(interaction)),
+            self.service.channel_settings(place),
+            self.service.channel_policy(place),
             self.preferences.edit_channels(interaction.guild_id),
             self.preferences.safety_check(interaction.guild_id),
         )
@@ -162,6 +164,31 @@ class EditCommands(commands.Cog):
         summary = render.settings_line(settings)
         await interaction.response.send_message(
             f"⚙️ <@{interaction.user.id}> changed the settings of this channel: {summary}",
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    @settings.command(name="steering", description="Who may press result buttons, previews, chain mode")
+    @app_commands.describe(
+        requester_only="Only the requester (and moderators) may press a result's buttons",
+        previews="Show the edit forming on the status message",
+        chain="reinvert: each turn inverts the last result; compose: no drift over long chains",
+    )
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def settings_steering(
+        self,
+        interaction: discord.Interaction,
+        *,
+        requester_only: bool | None = None,
+        previews: bool | None = None,
+        chain: Literal["reinvert", "compose"] | None = None,
+    ) -> None:
+        changes = {"requester_only": requester_only, "previews": previews, "chain": chain}
+        chosen = {name: value for name, value in changes.items() if value is not None}
+        if not chosen:
+            raise BadRequest("Give at least one of requester_only, previews or chain to change.")
+        policy = self.service.update_channel_policy(_settings_place(interaction), **chosen)
+        await interaction.response.send_message(
+            f"⚙️ <@{interaction.user.id}> changed this channel: {render.policy_line(policy)}",
             allowed_mentions=NO_MENTIONS,
         )
 

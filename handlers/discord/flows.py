@@ -19,6 +19,7 @@ from handlers.discord.links import INTERACTION_LINK_WAIT_S, Links
 from handlers.discord.moderation import InstructionFilter, SafetyChecker
 from handlers.discord.preferences import Preferences, channel_place
 from handlers.discord.status import ChannelStatus, InteractionStatus
+from handlers.discord.steering import Steering
 from handlers.discord.views import InstructionModal, result_view
 from sessions import Author, DiscordConfig, EditService, Place, Ticket, Version
 
@@ -61,6 +62,7 @@ class Relay:
             safety=safety,
             progress_interval_s=config.progress_interval_s,
         )
+        self._steering = Steering(service, self._delivery, self._respond_received)
 
     # --- messages -----------------------------------------------------------------------
 
@@ -212,14 +214,21 @@ class Relay:
         await self._continue(await self._respond_received(interaction, author, instruction), version)
 
     async def button(self, interaction: discord.Interaction, action: str, version_id: str) -> None:
-        """Undo, Retry, Stronger, Subtler or Captions on a shown version (anyone may click)."""
+        """A button of a shown version (anyone may click, unless the channel keeps them to the requester)."""
         version = self._service.get_version(version_id)
+        author = intake.author_of_interaction(interaction)
+        self._steering.check_may_press(author, version, action)
+        if action == "fix":
+            await self._steering.open_fix(interaction, version)
+            return
+        if action == "delete":
+            await self._steering.delete(interaction, version)
+            return
         if action == "captions":
             await interaction.response.send_message(
                 embed=render.captions_embed(version), ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
-        author = intake.author_of_interaction(interaction)
         if action == "undo":
             parent = self._service.undo(version_id)
             await interaction.response.defer(thinking=True)
@@ -239,6 +248,11 @@ class Relay:
         }[action]
         received = await self._respond_received(interaction, author, version.instruction or "")
         await self._delivery.submit(received, request, version_id, author)
+
+    async def fix_from_modal(
+        self, interaction: discord.Interaction, version_id: str, before: str, after: str
+    ) -> None:
+        await self._steering.fix_from_modal(interaction, version_id, before, after)
 
     async def cancel(self, interaction: discord.Interaction, job_id: str) -> None:
         """The Cancel button: the service decides who may (the requester or a moderator)."""

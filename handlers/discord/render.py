@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import discord
 from PIL import Image
 
-from sessions import STAGES, EditSettings, Progress, Version
+from sessions import STAGES, ChannelPolicy, EditSettings, Progress, Version
 
 #: Discord refuses message content longer than this.
 MAX_CONTENT = 2000
@@ -93,7 +93,8 @@ def understood_line(version: Version) -> str:
         return ""
     before = " ".join(version.before_captions[0].split())
     after = " ".join(version.after_captions[0].split())
-    return f"understood as: {discord.utils.escape_markdown(before)} → {discord.utils.escape_markdown(after)}"
+    how = "captions written by a person" if version.captions_by == "person" else "understood as"
+    return f"{how}: {discord.utils.escape_markdown(before)} → {discord.utils.escape_markdown(after)}"
 
 
 def result_text(version: Version, note: str = "") -> str:
@@ -125,8 +126,9 @@ def captions_embed(version: Version) -> discord.Embed:
     embed = discord.Embed(title="How this edit was made", description=quote(version.instruction or "", 1000))
     if version.caption:
         embed.add_field(name="Image caption (BLIP)", value=_field(version.caption), inline=False)
-    embed.add_field(name="Before", value=_field(_bullets(version.before_captions)), inline=False)
-    embed.add_field(name="After", value=_field(_bullets(version.after_captions)), inline=False)
+    by = " (written by a person)" if version.captions_by == "person" else ""
+    embed.add_field(name="Before" + by, value=_field(_bullets(version.before_captions)), inline=False)
+    embed.add_field(name="After" + by, value=_field(_bullets(version.after_captions)), inline=False)
     if version.settings is not None:
         embed.add_field(name="Settings", value=_field(settings_line(version.settings)), inline=False)
     if version.seed is not None:
@@ -185,7 +187,8 @@ def help_text(message_content: bool) -> str:
             "• **Keep going:** reply to any of my results with the next instruction. Anyone can branch "
             "from any result; nothing is overwritten. Reply `undo` to get the previous version back.",
             "• **Buttons:** Undo, Retry (new seed), Stronger, Subtler, Captions (how I read your "
-            "instruction, shown only to you). Cancel stops a waiting or running edit.",
+            "instruction, shown only to you), Fix captions (correct how I read it and redo the edit), "
+            "Delete (the requester or a moderator). Cancel stops a waiting or running edit.",
             "• `/history` shows the lineage of a result; `/settings` (Manage Server) sets channel "
             "defaults, edit channels and the safety check.",
             "Write instructions like *make it snowy*, *turn the cat into a dog*, *in watercolor*.",
@@ -193,13 +196,23 @@ def help_text(message_content: bool) -> str:
     )
 
 
-def settings_text(settings: EditSettings, edit_channel_ids: Sequence[str], safety_check: bool | None) -> str:
+def policy_line(policy: ChannelPolicy) -> str:
+    """A channel's steering choices as one line."""
+    buttons = "the requester and moderators" if policy.requester_only else "everyone"
+    previews = "on" if policy.previews else "off"
+    return f"buttons: {buttons} · previews {previews} · chains: {policy.chain}"
+
+
+def settings_text(
+    settings: EditSettings, policy: ChannelPolicy, edit_channel_ids: Sequence[str], safety_check: bool | None
+) -> str:
     channels = ", ".join(f"<#{c}>" for c in edit_channel_ids) or "none"
     safety = "not available on this bot" if safety_check is None else ("on" if safety_check else "off")
     return "\n".join(
         [
             "⚙️ **Settings of this channel**",
             settings_line(settings),
+            policy_line(policy),
             f"Edit channels of this server: {channels}",
             f"Safety check of results in this server: {safety}",
         ]

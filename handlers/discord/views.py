@@ -27,7 +27,13 @@ ACTIONS = {
     "stronger": ("Stronger", discord.ButtonStyle.secondary),
     "subtler": ("Subtler", discord.ButtonStyle.secondary),
     "captions": ("Captions", discord.ButtonStyle.secondary),
+    "fix": ("Fix captions", discord.ButtonStyle.secondary),
+    "variations": ("Variations", discord.ButtonStyle.secondary),
+    "delete": ("Delete", discord.ButtonStyle.danger),
 }
+#: Discord's limits on a modal: its title and each text input's label.
+MAX_MODAL_TITLE = 45
+MAX_LABEL = 45
 
 
 class ViewActions(Protocol):
@@ -39,6 +45,10 @@ class ViewActions(Protocol):
 
     async def edit_from_modal(
         self, interaction: discord.Interaction, target: discord.Message, text: str
+    ) -> None: ...
+
+    async def fix_from_modal(
+        self, interaction: discord.Interaction, version_id: str, before: str, after: str
     ) -> None: ...
 
 
@@ -60,7 +70,7 @@ class ResultButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=re.compile(rf"{PREFIX}:(?P<action>{'|'.join(ACTIONS)}):(?P<version_id>{_ID})"),
 ):
-    """One of Undo, Retry, Stronger, Subtler, Captions on a result, for the version it shows."""
+    """One of the buttons of :data:`ACTIONS` on a result, for the version it shows."""
 
     def __init__(self, action: str, version_id: str) -> None:
         label, style = ACTIONS[action]
@@ -111,7 +121,7 @@ class CancelButton(
 
 
 def result_view(version: Version) -> discord.ui.View | None:
-    """The buttons under a shown version: edits have all five; an original has none to offer."""
+    """The buttons under a shown version: edits have all of them; an original has none to offer."""
     if version.is_original:
         return None
     view = discord.ui.View(timeout=None)
@@ -144,5 +154,46 @@ class InstructionModal(discord.ui.Modal, title="Edit image"):
         await _relay(interaction).edit_from_modal(interaction, self.target, self.instruction.value)
 
     # Modal.on_error's own signature (discord.py's Modal drops the ``item`` of BaseView.on_error).
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:  # type: ignore[override]
+        await report(interaction, error)
+
+
+def _prefill(lines: tuple[str, ...]) -> str:
+    """Captions one per line, as many whole lines as a text input holds."""
+    text = ""
+    for line in lines:
+        candidate = f"{text}\n{line}" if text else line
+        if len(candidate) > MAX_TEXT_INPUT:
+            break
+        text = candidate
+    return text
+
+
+class FixCaptionsModal(discord.ui.Modal, title="Fix how the edit was understood"):
+    """The before and after captions of a result, one per line, to correct and re-run."""
+
+    def __init__(self, version: Version) -> None:
+        super().__init__(timeout=600)
+        self.version_id = version.id
+        self.before: discord.ui.TextInput[FixCaptionsModal] = discord.ui.TextInput(
+            label="Before: the image now (one per line)",
+            style=discord.TextStyle.paragraph,
+            default=_prefill(version.before_captions),
+            max_length=MAX_TEXT_INPUT,
+        )
+        self.after: discord.ui.TextInput[FixCaptionsModal] = discord.ui.TextInput(
+            label="After: the image edited (one per line)",
+            style=discord.TextStyle.paragraph,
+            default=_prefill(version.after_captions),
+            max_length=MAX_TEXT_INPUT,
+        )
+        self.add_item(self.before)
+        self.add_item(self.after)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await _relay(interaction).fix_from_modal(
+            interaction, self.version_id, self.before.value, self.after.value
+        )
+
     async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:  # type: ignore[override]
         await report(interaction, error)

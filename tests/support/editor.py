@@ -21,6 +21,7 @@ from PIL import Image
 
 from editor.config import LimitsConfig
 from editor.images import check_instruction, load_image
+from editor.overrides import check_caption_overrides
 from editor.types import (
     EditCounts,
     EditRequest,
@@ -83,6 +84,10 @@ class StandInEditor:
 
     def inversion_key(self, settings: EditSettings) -> str:
         return f"tint-steps-{settings.steps}"
+
+    def check_captions(self, captions: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
+        """The engine's check, with words standing in for CLIP's tokens (77 with the markers)."""
+        check_caption_overrides(captions, lambda text: len(text.split()) + 2, 77)
 
     def check_inputs(self, request: EditRequest) -> Checked:
         instruction = check_instruction(request.instruction, self.limits)

@@ -22,6 +22,7 @@ from tests.support.discord.wire import (
     error,
     json_response,
     validate_message,
+    validate_modal,
 )
 
 TOKEN = r"([^/]+)"
@@ -59,6 +60,8 @@ class InteractionApi:
         kind = body["type"]
         data = body.get("data") or {}
         problem = validate_message(data, files, interaction.payload["attachment_size_limit"])
+        if kind == MODAL:
+            problem = problem or validate_modal(data)
         if problem is not None:
             return problem
         interaction.responded = kind

@@ -140,6 +140,39 @@ def validate_message(
     return None
 
 
+MAX_MODAL_TITLE = 45
+MAX_INPUT_LABEL = 45
+MAX_INPUT_VALUE = 4000
+MAX_PLACEHOLDER = 100
+
+
+def validate_modal(data: dict[str, Any]) -> web.Response | None:
+    """Discord's checks on a modal: title, custom id, rows, and each text input's limits."""
+    problems = []
+    if not 1 <= len(data.get("title") or "") <= MAX_MODAL_TITLE:
+        problems.append("title")
+    if not 1 <= len(data.get("custom_id") or "") <= MAX_CUSTOM_ID:
+        problems.append("custom_id")
+    rows = data.get("components") or []
+    if not 1 <= len(rows) <= 5:
+        problems.append("components")
+    for row in rows:
+        for field in row.get("components") or [row.get("component") or {}]:
+            if field.get("type") != 4:
+                continue
+            label, value = field.get("label") or "", field.get("value") or ""
+            low, high = field.get("min_length", 0), field.get("max_length", MAX_INPUT_VALUE)
+            if not 1 <= len(label) <= MAX_INPUT_LABEL or len(value) > min(high, MAX_INPUT_VALUE):
+                problems.append(f"text input {field.get('custom_id')}")
+            if not 0 <= low <= MAX_INPUT_VALUE or not 1 <= high <= MAX_INPUT_VALUE:
+                problems.append(f"text input {field.get('custom_id')} lengths")
+            if len(field.get("placeholder") or "") > MAX_PLACEHOLDER:
+                problems.append(f"text input {field.get('custom_id')} placeholder")
+    if problems:
+        return error(400, 50035, "Invalid Form Body", errors={"modal": ", ".join(problems)})
+    return None
+
+
 def buttons(message: dict[str, Any]) -> dict[str, str]:
     """Label -> custom_id of every button on a message."""
     return {

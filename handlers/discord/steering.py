@@ -1,0 +1,70 @@
+"""The flows that let people steer an edit: fix its captions, delete it, and (per channel)
+keep its buttons to the person who asked.
+
+:class:`flows.Relay` hands these buttons and modals over here; the service decides what is
+allowed and what runs, as for every other flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import discord
+
+from handlers.discord import intake
+from handlers.discord.delivery import Delivery, Received
+from handlers.discord.errors import NO_MENTIONS, BadRequest
+from handlers.discord.views import FixCaptionsModal
+from sessions import Author, EditService, Version
+
+#: Answers an interaction with a job's status message (``Relay._respond_received``).
+Respond = Callable[[discord.Interaction, Author, str], Awaitable[Received]]
+#: Buttons anyone may press even where only the requester may steer: they change nothing.
+READ_ONLY = frozenset({"captions"})
+
+
+class Steering:
+    """Fix captions, Delete, and who may press a result's buttons."""
+
+    def __init__(self, service: EditService, delivery: Delivery, respond: Respond) -> None:
+        self._service = service
+        self._delivery = delivery
+        self._respond = respond
+
+    def check_may_press(self, author: Author, version: Version, action: str) -> None:
+        """Where the channel keeps buttons to the requester, refuse anyone else but moderators."""
+        if action in READ_ONLY or author.is_moderator or author.id == version.author_id:
+            return
+        if self._service.channel_policy(self._service.place_of(version)).requester_only:
+            raise BadRequest(
+                f"In this channel only <@{version.author_id}>, who asked for this edit, "
+                "or a moderator can use its buttons."
+            )
+
+    async def open_fix(self, interaction: discord.Interaction, version: Version) -> None:
+        """The Fix captions button: a modal with the before and after captions, one per line."""
+        if version.is_original:
+            raise BadRequest("This is the original image; it has no captions to fix.")
+        await interaction.response.send_modal(FixCaptionsModal(version))
+
+    async def fix_from_modal(
+        self, interaction: discord.Interaction, version_id: str, before: str, after: str
+    ) -> None:
+        """Bad captions are refused in the modal's reply (nothing queued); good ones re-run the edit."""
+        before_lines, after_lines = before.splitlines(), after.splitlines()
+        self._service.check_fix(version_id, before_lines, after_lines)
+        version = self._service.get_version(version_id)
+        author = intake.author_of_interaction(interaction)
+        received = await self._respond(interaction, author, version.instruction or "")
+        await self._delivery.submit(
+            received, self._service.fix_captions, version_id, author, before_lines, after_lines
+        )
+
+    async def delete(self, interaction: discord.Interaction, version: Version) -> None:
+        """The Delete button: the message goes, the version stays in the tree marked deleted."""
+        self._service.delete_version(version.id, intake.author_of_interaction(interaction))
+        await interaction.response.send_message(
+            "🗑️ Deleted. Edits made from it are kept.", ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+        if interaction.message is not None:
+            await interaction.message.delete()

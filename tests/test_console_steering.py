@@ -1,0 +1,50 @@
+"""The console's steering commands, driven line by line like a pipe, on the stand-in engine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sessions.store import Store
+from tests.support.editor import StandInEditor
+from tests.test_console import chat, done_ids, write_picture
+
+
+async def test_fix_shows_the_captions_then_redoes_the_edit_with_the_typed_ones(tmp_path: Path) -> None:
+    database, outputs = tmp_path / "bot.db", tmp_path / "out"
+    picture = write_picture(tmp_path / "cat.png")
+    editor = StandInEditor()
+    printed = await chat(
+        database,
+        outputs,
+        f"/load {picture} make it snowy\n/fix\na photo | a picture\na snowy photo\n/captions\n"
+        "/fix\n\na picture | a photo\n",
+        editor,
+    )
+    first, fixed = done_ids(printed)
+    assert "Before: a picture 1" in printed  # the captions shown first
+    assert "  After:  a snowy photo" in printed
+    assert "Before: a photo | a picture" in printed  # /captions of the fixed version
+    assert "the same, so the edit would change nothing" in printed
+    assert editor.language_model_calls == 1
+    assert editor.inversions == 1
+    store = Store.open(database)
+    try:
+        version = store.get_version(fixed)
+        assert version is not None
+        assert version.captions_by == "person"
+        assert version.parent_id == (store.get_version(first) or version).parent_id
+    finally:
+        store.close()
+
+
+async def test_delete_hides_the_result_and_goes_back(tmp_path: Path) -> None:
+    database, outputs = tmp_path / "bot.db", tmp_path / "out"
+    picture = write_picture(tmp_path / "cat.png")
+    printed = await chat(
+        database, outputs, f"/load {picture} make it snowy\nadd a hat\n/delete\n/versions\n/history\n"
+    )
+    first, second = done_ids(printed)
+    assert f"Deleted {second}; back to version {first}" in printed
+    assert re.search(rf"{second} .*\(deleted\)", printed)
+    assert "Contact sheet of 2 steps" in printed

@@ -1,0 +1,146 @@
+"""End to end: steering an edit in the real ``bot.py`` (tiny models) against the fake Discord.
+
+Fix captions (button -> modal -> result), Delete, requester-only buttons. The fake checks
+Discord's limits on what the bot sends (content, components, modals, upload size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.support.discord import EPHEMERAL, FakeDiscord, buttons
+from tests.support.discord.bot_process import (
+    BotProcess,
+    is_attachment_reply,
+    png_bytes,
+    write_bot_config,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(240)]
+
+RESULT_TIMEOUT = 90.0
+
+
+class World:
+    def __init__(self, fake: FakeDiscord, bot: BotProcess) -> None:
+        self.fake = fake
+        self.bot = bot
+        self.results: dict[str, dict[str, Any]] = {}
+
+    @property
+    def general(self) -> str:
+        return self.fake.channels["general"]["id"]
+
+    async def edit(self, user: str, text: str, channel: str | None = None) -> dict[str, Any]:
+        """Post an image with an instruction and wait for the result."""
+        request = await self.fake.send_message(
+            user, channel or self.general, text, files=[("photo.png", png_bytes())], mention_bot=True
+        )
+        return await self.reply_to(request)
+
+    async def reply_to(self, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.fake.wait_for_message(is_attachment_reply(message["id"]), RESULT_TIMEOUT)
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}\nThe bot's log:\n{self.bot.log_tail()}") from None
+
+    async def answer_to(self, interaction: dict[str, Any], within: float = 15) -> dict[str, Any]:
+        """The message that answers an interaction (its status message, or an ephemeral reply)."""
+        return await self.fake.wait_for_message(
+            lambda m: (m.get("interaction_metadata") or {}).get("id") == interaction["id"], within
+        )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tiny_config: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    folder = tmp_path_factory.mktemp("discord-steering")
+    fake = FakeDiscord()
+    await fake.start()
+    config = write_bot_config(
+        tiny_config,
+        folder / "bot.db",
+        {
+            "worker": {"max_queue": 10, "per_user_cap": 3},
+            "discord": {"progress_interval_s": 0.3, "command_guilds": [fake.guild_id]},
+        },
+    )
+    bot = BotProcess(fake, config, folder / "bot.log")
+    await bot.start()
+    try:
+        yield World(fake, bot)
+    finally:
+        if bot.running:
+            await bot.kill()
+        await fake.stop()
+
+
+async def opened_modal(fake: FakeDiscord, opened_by: dict[str, Any]) -> dict[str, str]:
+    """The text inputs (custom id -> prefilled value) of the modal opened in answer to ``opened_by``."""
+    await fake.wait_for(
+        lambda r: (
+            r.kind == "callback" and r.result is not None and r.result["interaction"]["id"] == opened_by["id"]
+        ),
+        15,
+    )
+    modal = fake.interactions[opened_by["token"]].modal
+    assert modal is not None, "the bot did not answer with a modal"
+    return {
+        field["custom_id"]: field.get("value", "")
+        for row in modal["components"]
+        for field in row["components"]
+    }
+
+
+async def test_fix_captions_opens_a_prefilled_modal_and_redoes_the_edit(world: World) -> None:
+    fake = world.fake
+    result = await world.edit("alice", "make it blue")
+    world.results["first"] = result
+    assert {"Fix captions", "Delete", "Retry"} <= set(buttons(result))
+    understood = result["content"].split("understood as: ")[1].split(" → ")[0].replace("\\", "")
+
+    click = await fake.click("alice", result, buttons(result)["Fix captions"])
+    values = await opened_modal(fake, click)
+    before_id, after_id = values
+    assert values[before_id].splitlines()[0] == understood
+
+    same = await fake.submit_modal("alice", click, {before_id: "a photo", after_id: "a photo\n"})
+    refusal = await world.answer_to(same)
+    assert refusal["flags"] & EPHEMERAL
+    assert "the same" in refusal["content"]
+
+    click = await fake.click("bob", result, buttons(result)["Fix captions"])
+    before_id, after_id = await opened_modal(fake, click)
+    fixed = await fake.submit_modal("bob", click, {before_id: "a red photo", after_id: "a blue photo\n\n"})
+    status = await world.answer_to(fixed)
+    assert status["content"].startswith("📥")
+    redone = await world.reply_to(status)
+    assert "captions written by a person: a red photo → a blue photo" in redone["content"]
+
+
+async def test_delete_is_for_the_requester_and_moderators_and_buttons_can_be_theirs_only(
+    world: World,
+) -> None:
+    fake = world.fake
+    result = world.results["first"]
+    denied = await fake.click("bob", result, buttons(result)["Delete"])
+    answer = await world.answer_to(denied)
+    assert answer["flags"] & EPHEMERAL
+    assert "Only the person who asked" in answer["content"]
+
+    await fake.slash_command("carol", world.general, "settings steering", {"requester_only": True})
+    retry = await fake.click("bob", result, buttons(result)["Retry"])
+    answer = await world.answer_to(retry)
+    assert answer["flags"] & EPHEMERAL
+    assert f"only <@{fake.users['alice']['id']}>" in answer["content"]
+    details = await world.answer_to(await fake.click("bob", result, buttons(result)["Captions"]))
+    assert details["embeds"][0]["title"] == "How this edit was made"
+
+    await fake.click("alice", result, buttons(result)["Delete"])
+    deleted = await fake.wait_for(lambda r: r.kind == "delete" and (r.result or {}).get("id") == result["id"])
+    assert deleted.method == "DELETE"
+    assert result["id"] not in fake.messages

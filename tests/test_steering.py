@@ -1,0 +1,163 @@
+"""Steering an edit through the service: fixed captions, deletes, and the migration they need.
+
+The real store, worker and service around the stand-in editor (tests/support/editor.py),
+which counts the language-model calls and inversions the engine would have made.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlite_utils import Database
+
+from sessions import App, Author, EditService, NotAllowed, NotFound, Place, Rejected, UserError, Version
+from sessions.policy import ChannelPolicy
+from sessions.schema import MIGRATIONS
+from sessions.store import Store
+from tests.support.editor import StandInEditor, stand_in_app
+from tests.test_service import picture
+
+ANN = Author("1", "Ann")
+BOB = Author("2", "Bob")
+MOD = Author("3", "Mo", is_moderator=True)
+PLACE = Place("discord", 10, 20)
+
+
+@pytest.fixture
+def editor() -> StandInEditor:
+    return StandInEditor()
+
+
+@pytest.fixture
+async def app(tmp_path: Path, editor: StandInEditor) -> AsyncIterator[App]:
+    app = stand_in_app(tmp_path / "bot.db", editor)
+    await app.service.start()
+    yield app
+    await app.service.stop()
+    app.close()
+
+
+@pytest.fixture
+def service(app: App) -> EditService:
+    return app.service
+
+
+async def edited(service: EditService, instruction: str = "make it snowy") -> Version:
+    return await service.start_edit(PLACE, ANN, picture(), instruction).result()
+
+
+def job_count(app: App) -> int:
+    return int(app.store.db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+
+async def test_fixed_captions_redo_the_edit_from_the_parent_without_the_language_model(
+    service: EditService, editor: StandInEditor
+) -> None:
+    first = await edited(service)
+    calls, inversions = editor.language_model_calls, editor.inversions
+    ticket = service.fix_captions(first.id, BOB, ["  a  photo ", "", "a picture"], ["a snowy photo"])
+    fixed = await ticket.result()
+    assert ticket.job.kind == "fix"
+    assert fixed.parent_id == first.parent_id
+    assert (fixed.before_captions, fixed.after_captions) == (("a photo", "a picture"), ("a snowy photo",))
+    assert fixed.captions_by == "person"
+    assert first.captions_by == "model"
+    assert (fixed.instruction, fixed.seed, fixed.settings) == (first.instruction, first.seed, first.settings)
+    assert editor.language_model_calls == calls, "no language-model call"
+    assert editor.inversions == inversions, "the parent's cached inversion is reused"
+    # The same captions pushed further are still the person's; a retry asks the model again.
+    stronger = await service.stronger(fixed.id, ANN).result()
+    assert stronger.captions_by == "person"
+    assert stronger.after_captions == ("a snowy photo",)
+    retried = await service.retry(fixed.id, ANN).result()
+    assert retried.captions_by == "model"
+    assert editor.language_model_calls == calls + 1
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "message"),
+    [
+        ([], ["a dog"], "at least one caption"),
+        (["a cat", " "], ["", "\n"], "at least one caption"),
+        (["a cat"], ["a dog " + "very " * 80], "too long"),
+        (["a cat"], ["x" * 301], "too long"),
+        (["a cat", "a kitten"], ["a  kitten", "a cat"], "the same"),
+        (["a cat"] * 17, ["a dog"], "at most 16"),
+    ],
+)
+async def test_bad_captions_are_refused_with_a_reason_and_nothing_is_queued(
+    app: App, before: list[str], after: list[str], message: str
+) -> None:
+    service = app.service
+    first = await edited(service)
+    jobs = job_count(app)
+    with pytest.raises(Rejected, match=message):
+        service.fix_captions(first.id, ANN, before, after)
+    assert job_count(app) == jobs
+
+
+async def test_the_original_has_no_captions_to_fix(service: EditService) -> None:
+    first = await edited(service)
+    assert first.parent_id is not None
+    with pytest.raises(Exception, match="original image, so there is no edit to fix"):
+        service.fix_captions(first.parent_id, ANN, ["a"], ["b"])
+
+
+def test_the_steering_migration_keeps_existing_jobs_and_versions(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = Database(sqlite3.connect(str(path)))
+    MIGRATIONS.apply(db, stop_before="m002_steering")
+    db.execute("INSERT INTO conversations VALUES ('c1', 'k', 'console', NULL, 's', NULL, 1.0)")
+    db.execute(
+        "INSERT INTO jobs (id, conversation_id, requester_id, requester_name, kind, instruction, "
+        "settings, seed, state, created_at) "
+        "VALUES ('j1', 'c1', 'u', 'U', 'start', 'x', '{}', 1, 'queued', 2.0)"
+    )
+    db.conn.commit()
+    db.close()
+    store = Store.open(path)
+    try:
+        job = store.get_job("j1")
+        assert job is not None
+        assert job.kind == "start"
+        assert job.state == "queued"
+        assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert "variations" in store.db.table_names()
+    finally:
+        store.close()
+
+
+async def test_delete_keeps_the_version_for_branches_but_not_in_history(service: EditService) -> None:
+    first = await edited(service)
+    second = await service.continue_edit(first.id, BOB, "add a hat").result()
+    third = await service.continue_edit(second.id, ANN, "at night").result()
+    with pytest.raises(NotAllowed):
+        service.delete_version(second.id, ANN)
+    assert service.delete_version(second.id, BOB).is_deleted
+    assert service.delete_version(third.id, MOD).is_deleted  # a moderator may delete anyone's
+    assert service.history(first.id)[-1] == service.get_version(first.id)
+    fourth = await service.continue_edit(first.id, ANN, "in watercolor").result()
+    child = await service.retry(third.id, ANN).result()  # a branch from the deleted version's child
+    assert child.parent_id == second.id
+    assert [v.id for v in service.history(child.id)] == [first.parent_id, first.id, child.id]
+    assert service.undo(child.id).id == first.id  # past the deleted parent
+    with pytest.raises(NotFound, match="deleted"):
+        service.history(second.id)
+    assert fourth.id in {v.id for v in service.conversation_versions(first.conversation_id)}
+    with pytest.raises(UserError, match="original"):
+        service.delete_version(first.parent_id or "", MOD)
+
+
+async def test_a_thread_inherits_the_channel_policy_and_bad_values_are_refused(service: EditService) -> None:
+    thread = Place("discord", 10, 20, 30)
+    assert service.channel_policy(thread) == ChannelPolicy()
+    service.update_channel_policy(PLACE, requester_only=True, chain="compose")
+    service.update_channel_policy(thread, previews=False)
+    assert service.channel_policy(thread) == ChannelPolicy("compose", False, True)
+    assert service.update_channel_policy(PLACE, chain=None).chain == "reinvert"
+    for bad in ({"chain": "sideways"}, {"previews": "yes"}, {"colour": True}):
+        with pytest.raises(Rejected):
+            service.update_channel_policy(PLACE, **bad)
