@@ -149,6 +149,11 @@ class Editor:
         """The input limits ``check_inputs`` enforces, so transports can refuse early."""
         return self.config.limits
 
+    @property
+    def model_ids(self) -> dict[str, str]:
+        """The configured id of each model (captioner, language model, diffusion), for provenance."""
+        return dataclasses.asdict(self.config.models)
+
     def inversion_key(self, settings: EditSettings) -> str:
         """What an inversion depends on besides the image and its caption."""
         facts = {

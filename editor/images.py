@@ -66,15 +66,27 @@ def load_image(data: bytes | Image.Image, limits: LimitsConfig, resolution: int)
         image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
     else:
         raise InvalidInput("Please attach an image to edit.")
+    image = _upright_rgb(image, limits)
+    return image.resize(target_size(image.size, resolution), Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def load_original(data: bytes, limits: LimitsConfig) -> Image.Image:
+    """An upload as the person posted it (upright RGB, full size), refused as :func:`load_image` would."""
+    image = _open(data, limits)
+    _check_size(image.size, limits)
+    return _upright_rgb(image, limits)
+
+
+def _upright_rgb(image: Image.Image, limits: LimitsConfig) -> Image.Image:
+    """EXIF rotation applied, any mode to RGB; decoding errors become a polite refusal."""
     try:
-        image = _to_rgb(ImageOps.exif_transpose(image))
+        return _to_rgb(ImageOps.exif_transpose(image))
     except InvalidInput:
         raise
     except Image.DecompressionBombError as error:
         raise InvalidInput(_too_many_pixels_message(limits)) from error
     except Exception as error:  # Pillow's decoders raise many types on corrupt data
         raise InvalidInput(_UNREADABLE) from error
-    return image.resize(target_size(image.size, resolution), Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def target_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:

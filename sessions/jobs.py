@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import statistics
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from editor.progress import JobHandle, Progress
@@ -34,6 +34,7 @@ from editor.types import EditCancelled, EditRequest, EditResult, EditSettings, I
 from editor.worker import EditFailed, EditWorker, WorkerRejected, WorkerStopped
 from sessions.errors import JobFailed, Postponed, Rejected, UserError
 from sessions.models import Job, Version
+from sessions.provenance import png_with_text, provenance
 from sessions.store import EditOutcome, Store
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,19 @@ class Ticket:
 class JobRunner:
     """Queues the store's jobs on the worker and records their outcomes; use it from one event loop.
 
-    ``inversion_key(settings)`` names the cached inversion an edit with those settings can reuse.
+    ``inversion_key(settings)`` names the cached inversion an edit with those settings can reuse;
+    ``models`` (role -> model id) goes into each result's provenance.
     """
 
     def __init__(
-        self, store: Store, worker: EditWorker, inversion_key: Callable[[EditSettings], str]
+        self,
+        store: Store,
+        worker: EditWorker,
+        inversion_key: Callable[[EditSettings], str],
+        models: Mapping[str, str],
     ) -> None:
         self._store = store
+        self._models = dict(models)
         self._worker = worker
         self._inversion_key = inversion_key
         #: The task following each job that is in the worker or whose result is being saved.
@@ -217,7 +224,7 @@ class JobRunner:
                 await watcher
             if ahead is not None:
                 await ahead
-            edit = await asyncio.to_thread(_edit_outcome, result, request)
+            edit = await asyncio.to_thread(_edit_outcome, result, request, self._models)
             outcome.set_result(self._store.record_result(job.id, edit))
         except WorkerStopped:
             self._store.requeue(job.id, refund_attempt=True)
@@ -264,11 +271,12 @@ def _ended_ticket(job: Job, error: UserError) -> Ticket:
     return Ticket(job, None, outcome)
 
 
-def _edit_outcome(result: EditResult, request: EditRequest) -> EditOutcome:
-    """Encode a result for the store (PNG, serialised inversion); runs off the event loop."""
+def _edit_outcome(result: EditResult, request: EditRequest, models: Mapping[str, str]) -> EditOutcome:
+    """Encode a result for the store (PNG with its provenance, serialised inversion); runs off
+    the event loop."""
     inverted_now = result.inversion is not request.inversion
     return EditOutcome(
-        image_png=result.image_png(),
+        image_png=png_with_text(result.image, provenance(request, result, models)),
         width=result.image.width,
         height=result.image.height,
         caption=result.caption,

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from editor.config import LimitsConfig
+from editor.images import load_original
 from editor.overrides import tidy_captions
 from editor.types import EditRequest, EditSettings, InvalidInput
 from editor.worker import EditWorker
@@ -55,10 +56,8 @@ class _Edit:
 
 
 class CheckedInput(Protocol):
-    """What ``check_inputs`` returns: the image the engine will edit and the tidied instruction."""
+    """What ``check_inputs`` returns that the service reads: the tidied instruction."""
 
-    @property
-    def image(self) -> Image.Image: ...
     @property
     def instruction(self) -> str: ...
 
@@ -76,6 +75,8 @@ class ServiceEditor(Protocol):
     def template_names(self) -> tuple[str, ...]: ...
     @property
     def limits(self) -> LimitsConfig: ...
+    @property
+    def model_ids(self) -> dict[str, str]: ...
     def inversion_key(self, settings: EditSettings) -> str: ...
     def check_inputs(self, request: EditRequest) -> CheckedInput: ...
     def check_captions(self, captions: tuple[tuple[str, ...], tuple[str, ...]]) -> None: ...
@@ -97,17 +98,17 @@ def _png(image: Image.Image) -> bytes:
 class EditService(PlaceChoices):
     """Conversations as edit trees over one store, one edit worker and the editor it runs.
 
-    ``editor.check_inputs(request)`` validates a request the way the engine will and returns
-    the normalised image, so bad input is refused before it is queued and the original
-    stored is exactly what the engine edits. The service starts and stops the worker. Use
-    it from one event loop.
+    ``editor.check_inputs(request)`` validates a request the way the engine will, so bad input
+    is refused before it is queued; the original is stored as posted (full size, within the
+    limits) and the engine resizes it for each edit. The service starts and stops the worker.
+    Use it from one event loop.
     """
 
     def __init__(self, store: Store, worker: EditWorker, editor: ServiceEditor) -> None:
         super().__init__(store, editor.defaults, editor.template_names)
         self._worker = worker
         self._editor = editor
-        self._jobs = JobRunner(store, worker, editor.inversion_key)
+        self._jobs = JobRunner(store, worker, editor.inversion_key, editor.model_ids)
         self._listeners: list[Listener] = []
 
     @property
@@ -161,6 +162,9 @@ class EditService(PlaceChoices):
         settings = self.channel_settings(place)
         seed = _new_seed()
         checked = self._check(EditRequest(image=image, instruction=instruction, settings=settings, seed=seed))
+        # The original is kept as posted (the engine resizes it for each edit), so the root,
+        # /history and an undo to it show what the person sent.
+        original = load_original(image, self.limits)
         job = self._store.add_job(
             kind="start",
             place=place,
@@ -168,8 +172,8 @@ class EditService(PlaceChoices):
             instruction=checked.instruction,
             settings=settings,
             seed=seed,
-            input_png=_png(checked.image),
-            input_size=checked.image.size,
+            input_png=_png(original),
+            input_size=original.size,
             reply_context=reply_context or {},
         )
         return self._jobs.submit(job)

@@ -6,12 +6,14 @@ Discord's limits on what the bot sends (content, components, modals, upload size
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from PIL import Image
 
 from tests.support.discord import EPHEMERAL, FakeDiscord, buttons
 from tests.support.discord.bot_process import (
@@ -101,6 +103,8 @@ async def test_fix_captions_opens_a_prefilled_modal_and_redoes_the_edit(world: W
     result = await world.edit("alice", "make it blue")
     world.results["first"] = result
     assert {"Fix captions", "Delete", "Retry"} <= set(buttons(result))
+    with Image.open(io.BytesIO(fake.attachment_bytes(result["attachments"][0]))) as posted:
+        assert posted.text["Instruction"] == "make it blue"  # the provenance survives the upload
     understood = result["content"].split("understood as: ")[1].split(" → ")[0].replace("\\", "")
 
     click = await fake.click("alice", result, buttons(result)["Fix captions"])

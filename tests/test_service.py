@@ -113,7 +113,7 @@ async def test_a_conversation_starts_continues_undoes_and_shows_its_history(serv
 
     original = service.undo(first.id)
     assert original.is_original
-    assert (original.width, original.height) == (32, 24)  # what the engine edits, not the upload
+    assert (original.width, original.height) == (64, 48)  # what was posted, not what the engine edits
     assert first.instruction == "make it snowy"
     assert service.undo(second.id) == service.get_version(first.id)
     with pytest.raises(NothingToUndo, match="original"):

@@ -6,11 +6,14 @@ which counts the language-model calls and inversions the engine would have made.
 
 from __future__ import annotations
 
+import io
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from sqlite_utils import Database
 
 from sessions import App, Author, EditService, NotAllowed, NotFound, Place, Rejected, UserError, Version
@@ -161,3 +164,30 @@ async def test_a_thread_inherits_the_channel_policy_and_bad_values_are_refused(s
     for bad in ({"chain": "sideways"}, {"previews": "yes"}, {"colour": True}):
         with pytest.raises(Rejected):
             service.update_channel_policy(PLACE, **bad)
+
+
+async def test_a_result_carries_its_provenance_as_png_text(service: EditService) -> None:
+    version = await edited(service, "make it snowy ☃")
+    with Image.open(io.BytesIO(service.image_png(version.id))) as image:
+        text = dict(image.text)
+    assert text["Instruction"] == "make it snowy ☃"
+    assert text["Seed"] == str(version.seed)
+    assert json.loads(text["Before captions"]) == list(version.before_captions)
+    assert json.loads(text["After captions"]) == list(version.after_captions)
+    assert version.settings is not None
+    assert json.loads(text["Settings"]) == version.settings.to_dict()
+    assert json.loads(text["Models"]) == {"diffusion": "stand-in/tint"}
+    assert text["Caption"] == version.caption
+
+
+async def test_the_original_is_kept_as_posted_and_undo_shows_it(service: EditService) -> None:
+    upload = picture((150, 100), (10, 200, 30))
+    first = await service.start_edit(PLACE, ANN, upload, "add a hat").result()
+    original = service.undo(first.id)
+    assert (original.width, original.height) == (150, 100)
+    assert (first.width, first.height) == (32, 24)  # the engine's resolution
+    with Image.open(io.BytesIO(service.image_png(original.id))) as image:
+        assert image.size == (150, 100)
+        assert image.getpixel((75, 50)) == (10, 200, 30)
+    again = await service.continue_edit(original.id, BOB, "add a scarf").result()
+    assert (again.width, again.height) == (32, 24)

@@ -66,6 +66,7 @@ class StandInEditor:
         self.busy_s = busy_s
         self.defaults = defaults
         self.limits = limits
+        self.model_ids = {"diffusion": "stand-in/tint"}
         self.inversions = 0
         self.captions = 0
         self.language_model_calls = 0
