@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, MutableSequence
 from dataclasses import dataclass
 from typing import Literal
 
-from editor.types import EditResult
+from editor.types import WorkResult
 
 ProgressState = Literal["queued", "running", "done", "failed", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
@@ -40,7 +40,7 @@ class Progress:
 
 
 #: What a job ended with: its result or the error to raise from :meth:`JobHandle.result`.
-Outcome = EditResult | BaseException
+Outcome = WorkResult | BaseException
 
 
 def _coalesce(updates: MutableSequence[Progress], update: Progress) -> None:
@@ -110,8 +110,8 @@ class JobHandle:
         finally:
             self._listeners.discard(listener)
 
-    async def result(self) -> EditResult:
-        """The edited image; raises EditCancelled or EditFailed, never anything else."""
+    async def result(self) -> WorkResult:
+        """The result (a tuple for a batch); raises EditCancelled or EditFailed, nothing else."""
         await self._finished.wait()
         if isinstance(self._outcome, BaseException):
             raise self._outcome

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -186,6 +186,12 @@ class EditResult:
         return buffer.getvalue()
 
 
+#: What one job of the worker runs: one edit, or K edits of one image made together (variations).
+Work = EditRequest | tuple[EditRequest, ...]
+#: What that job gives back: one result, or one per request of the batch, in order.
+WorkResult = EditResult | tuple[EditResult, ...]
+
+
 class SupportsEdit(Protocol):
     """What runs edits: the engine's ``Editor``, or a stand-in in tests and benchmarks."""
 
@@ -196,3 +202,11 @@ class SupportsEdit(Protocol):
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> EditResult: ...
+
+    def edit_many(
+        self,
+        requests: Sequence[EditRequest],
+        *,
+        callback: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[EditResult]: ...

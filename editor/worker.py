@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass, field
 
 from editor.progress import JobHandle, LoopDelivery, Outcome, Progress, ProgressState, Update
-from editor.types import EditCancelled, EditRequest, InvalidInput, SupportsEdit
+from editor.types import EditCancelled, InvalidInput, SupportsEdit, Work, WorkResult
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class _Job:
 
     job_id: str
     requester: str
-    request: EditRequest
+    request: Work
     seq: int
     #: The fairness round (see the module docstring); jobs run in (round, seq) order.
     round: int
@@ -183,7 +183,7 @@ class EditWorker:
 
     # -- the event loop's side --------------------------------------------------------
 
-    def submit(self, job_id: str, requester: str, request: EditRequest) -> JobHandle:
+    def submit(self, job_id: str, requester: str, request: Work) -> JobHandle:
         """Queue a job; raises a :class:`WorkerRejected` whose message the requester can read."""
         with self._lock:
             if self._delivery is None or asyncio.get_running_loop() is not self._delivery.loop:
@@ -329,7 +329,11 @@ class EditWorker:
         state: ProgressState
         outcome: Outcome
         try:
-            result = self._editor.edit(job.request, callback=report, cancel=job.cancel_event)
+            result: WorkResult
+            if isinstance(job.request, tuple):
+                result = tuple(self._editor.edit_many(job.request, callback=report, cancel=job.cancel_event))
+            else:
+                result = self._editor.edit(job.request, callback=report, cancel=job.cancel_event)
         except BaseException as error:  # even SystemExit from a library fails only this job
             state, outcome = self._failure(job, error)
         else:

@@ -15,11 +15,21 @@ import shlex
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from handlers.console_steering import HELP as STEERING_HELP
 from handlers.console_steering import SteeringCommands
-from sessions import Author, EditCancelled, EditService, Place, Progress, Ticket, UserError, Version
+from sessions import (
+    Author,
+    EditCancelled,
+    EditService,
+    Place,
+    Progress,
+    Ticket,
+    UserError,
+    VariationSet,
+    Version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +83,8 @@ class ConsoleChat(SteeringCommands):
             "captions": self._captions,
             "fix": self._fix,
             "delete": self._delete,
+            "variations": self._variations,
+            "pick": self._pick,
             "history": self._history,
             "versions": self._versions,
             "goto": self._goto,
@@ -291,7 +303,7 @@ class ConsoleChat(SteeringCommands):
 
     # --- helpers ----------------------------------------------------------------------
 
-    async def _follow(self, ticket: Ticket) -> None:
+    async def _follow(self, ticket: Ticket[Any]) -> None:
         """Print progress until the job ends, then its outcome."""
         self._say(f"Job {ticket.job_id} queued.")
         last: tuple[str | None, int] | None = None
@@ -301,13 +313,16 @@ class ConsoleChat(SteeringCommands):
                 last = mark
                 self._say(_progress_line(update))
         try:
-            version = await ticket.result()
+            made = await ticket.result()
         except EditCancelled:
             self._say("The edit was cancelled.")
         except UserError as error:
             self._say(f"Sorry: {error}")
         else:
-            self._show(version, "Done:")
+            if isinstance(made, VariationSet):
+                self._show_variations(made)
+            else:
+                self._show(made, "Done:")
 
     def _show(self, version: Version, verb: str) -> None:
         """Make a version current, write its image and print where it is."""

@@ -1,4 +1,4 @@
-"""The console's commands for steering an edit: /fix, /delete (and their help lines).
+"""The console's commands for steering an edit: /fix, /variations, /pick, /delete (and help).
 
 :class:`SteeringCommands` is mixed into ``ConsoleChat``; its commands use only what
 :class:`_Chat` names, so this file reads on its own.
@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
-from sessions import Author, EditService, Ticket, Version
+from sessions import Author, EditService, Ticket, VariationSet, Version
 
 HELP = """\
   /fix                      show the before/after captions, then type your own (no language model)
+  /variations               4 alternatives of the last edit, written as one numbered grid
+  /pick N                   keep alternative N of the last /variations as the current image
   /delete                   delete the current result (kept for edits made from it) and go back"""
 
 
@@ -20,17 +23,22 @@ class _Chat(Protocol):
 
     _service: EditService
     _author: Author
+    _outputs: Path
+    _variations_job: str | None
 
     def _say(self, text: str) -> None: ...
     def _require_current(self) -> Version: ...
     def _reply_context(self) -> dict[str, str]: ...
     def _show(self, version: Version, verb: str) -> None: ...
-    async def _follow(self, ticket: Ticket) -> None: ...
+    async def _follow(self, ticket: Ticket[Any]) -> None: ...
     async def _ask(self, prompt: str) -> str | None: ...
 
 
 class SteeringCommands:
-    """``/fix`` and ``/delete`` for ``ConsoleChat``."""
+    """``/fix``, ``/variations``, ``/pick`` and ``/delete`` for ``ConsoleChat``."""
+
+    #: The variations job /pick picks from: the last one shown in this chat.
+    _variations_job: str | None = None
 
     async def _fix(self: _Chat, _: str) -> bool:
         current = self._require_current()
@@ -58,4 +66,34 @@ class SteeringCommands:
         current = self._require_current()
         self._service.delete_version(current.id, self._author)
         self._show(self._service.undo(current.id), f"Deleted {current.id}; back to")
+        return True
+
+    async def _variations(self: _Chat, _: str) -> bool:
+        current = self._require_current()
+        await self._follow(
+            self._service.variations(current.id, self._author, reply_context=self._reply_context())
+        )
+        return True
+
+    def _show_variations(self: _Chat, made: VariationSet) -> None:
+        """Write the grid, list what each alternative is, remember the job for /pick."""
+        self._variations_job = made.job_id
+        path = self._outputs / f"variations-{made.job_id}.png"
+        self._outputs.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self._service.variation_grid(made.job_id))
+        self._say(f"Variations of “{made.instruction}”: {path}")
+        for variation in made.variations:
+            after = variation.after_captions[0] if variation.after_captions else ""
+            self._say(f"  {variation.number}. strength {variation.settings.direction_strength:g}: {after}")
+        self._say("Type /pick N to keep one.")
+
+    async def _pick(self: _Chat, argument: str) -> bool:
+        if self._variations_job is None:
+            self._say("There are no variations to pick from yet; type /variations first.")
+            return True
+        if not argument.strip().isdigit():
+            self._say("Please say which one, e.g. /pick 2.")
+            return True
+        version = self._service.pick_variation(self._variations_job, int(argument), self._author)
+        self._show(version, "Picked")
         return True

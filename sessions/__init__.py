@@ -10,7 +10,17 @@ from editor.types import STAGES, EditCancelled, EditSettings, InvalidInput
 from sessions.compose import App, compose
 from sessions.config import AppConfig, ConsoleConfig, DiscordConfig, OpsConfig, StorageConfig, load_config
 from sessions.errors import JobFailed, NotAllowed, NotFound, NothingToUndo, Postponed, Rejected, UserError
-from sessions.models import CHAIN_MODES, Author, ChainMode, Job, JobKind, Place, Version
+from sessions.models import (
+    CHAIN_MODES,
+    Author,
+    ChainMode,
+    Job,
+    JobKind,
+    Place,
+    Variation,
+    VariationSet,
+    Version,
+)
 from sessions.policy import ChannelPolicy
 from sessions.service import EditService, Ticket
 
@@ -44,6 +54,8 @@ __all__ = [
     "StorageConfig",
     "Ticket",
     "UserError",
+    "Variation",
+    "VariationSet",
     "Version",
     "compose",
     "load_config",

@@ -26,16 +26,19 @@ import asyncio
 import contextlib
 import logging
 import statistics
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from editor.progress import JobHandle, Progress
-from editor.types import EditCancelled, EditRequest, EditResult, EditSettings, Inversion
+from editor.types import EditCancelled, EditRequest, EditResult, EditSettings, Inversion, Work, WorkResult
 from editor.worker import EditFailed, EditWorker, WorkerRejected, WorkerStopped
 from sessions.errors import JobFailed, Postponed, Rejected, UserError
-from sessions.models import Job, Version
+from sessions.models import Job, VariationSet, Version
 from sessions.provenance import png_with_text, provenance
 from sessions.store import EditOutcome, Store
+from sessions.variation_store import MadeVariation
+from sessions.variations import variation_requests
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,14 @@ POSTPONED_MESSAGE = "The bot is restarting; your edit is saved and will run as s
 UNEXPECTED_MESSAGE = "Something went wrong while saving your edit. It was logged; please try again."
 
 
-class Ticket:
+#: What a job ends with: a version, or the alternatives of a variations job.
+R = TypeVar("R")
+
+
+class Ticket(Generic[R]):
     """A transport's handle on one job: its record, its progress and its outcome."""
 
-    def __init__(self, job: Job, handle: JobHandle | None, outcome: asyncio.Future[Version]) -> None:
+    def __init__(self, job: Job, handle: JobHandle | None, outcome: asyncio.Future[R]) -> None:
         self.job = job
         self._handle = handle
         self._outcome = outcome
@@ -69,8 +76,9 @@ class Ticket:
         async for update in self._handle.progress():
             yield update
 
-    async def result(self) -> Version:
-        """The new version; raises UserError (failed, postponed) or EditCancelled."""
+    async def result(self) -> R:
+        """The new version (the alternatives, for variations); raises UserError (failed,
+        postponed) or EditCancelled."""
         return await asyncio.shield(self._outcome)
 
 
@@ -97,7 +105,7 @@ class JobRunner:
         #: Per conversation: resolved once its latest submitted job is recorded or ended.
         self._last_in_line: dict[str, asyncio.Future[None]] = {}
 
-    def submit(self, job: Job) -> Ticket:
+    def submit(self, job: Job) -> Ticket[Any]:
         """Queue a job just added to the store; one the worker refuses is forgotten (Rejected)."""
         request = self._build_request(job.id)
         try:
@@ -107,7 +115,7 @@ class JobRunner:
             raise Rejected(str(error)) from error
         return self._follow(job, handle, request)
 
-    def recover(self) -> list[Ticket]:
+    def recover(self) -> list[Ticket[Any]]:
         """Take up the jobs a crash or a stop left unfinished, one ticket each."""
         return [self._recover_or_fail(job) for job in self._store.unfinished_jobs()]
 
@@ -135,7 +143,7 @@ class JobRunner:
 
     # --- recovery --------------------------------------------------------------------------
 
-    def _recover_or_fail(self, job: Job) -> Ticket:
+    def _recover_or_fail(self, job: Job) -> Ticket[Any]:
         """One unreadable leftover job (say, settings an older version wrote) must not stop the bot."""
         try:
             return self._recover(job)
@@ -144,7 +152,7 @@ class JobRunner:
             ended = self._store.finish_job(job.id, "failed", UNEXPECTED_MESSAGE)
             return _ended_ticket(ended, JobFailed(UNEXPECTED_MESSAGE))
 
-    def _recover(self, job: Job) -> Ticket:
+    def _recover(self, job: Job) -> Ticket[Any]:
         """Queue a job left over by a crash or stop again, or end it if it keeps crashing."""
         if job.state == "running" and job.attempts >= MAX_RUNS:
             log.warning("job %s was interrupted %d times; giving up", job.id, job.attempts)
@@ -164,8 +172,9 @@ class JobRunner:
 
     # --- running and recording -------------------------------------------------------------
 
-    def _build_request(self, job_id: str) -> EditRequest:
-        """The job's edit request, with the source's cached inversion and caption when known."""
+    def _build_request(self, job_id: str) -> Work:
+        """The job's edit request (a batch for variations), with the source's cached inversion
+        and caption when known."""
         spec = self._store.job_spec(job_id)
         inversion = None
         source_id = spec.job.source_version_id
@@ -178,7 +187,7 @@ class JobRunner:
                 except ValueError:
                     log.warning("dropping an unreadable cached inversion of version %s", source_id)
                     self._store.inversions.drop(source_id, key)
-        return EditRequest(
+        request = EditRequest(
             image=spec.image_png,
             instruction=spec.job.instruction,
             settings=spec.settings,
@@ -187,14 +196,15 @@ class JobRunner:
             caption=spec.source_caption,
             captions=spec.captions,
         )
+        return variation_requests(request) if spec.job.kind == "variations" else request
 
-    def _follow(self, job: Job, handle: JobHandle, request: EditRequest) -> Ticket:
+    def _follow(self, job: Job, handle: JobHandle, request: Work) -> Ticket[Any]:
         """Start the task that records the job's outcome, in line behind its conversation."""
         loop = asyncio.get_running_loop()
         ahead = self._last_in_line.get(job.conversation_id)
         done_here: asyncio.Future[None] = loop.create_future()
         self._last_in_line[job.conversation_id] = done_here
-        outcome = _outcome_future()
+        outcome: asyncio.Future[Any] = _outcome_future()
         # Read from now on, before the worker's updates can reach the loop: a fast job must
         # still be seen running (and its attempt counted).
         updates = handle.progress()
@@ -209,12 +219,12 @@ class JobRunner:
         self,
         job: Job,
         handle: JobHandle,
-        request: EditRequest,
+        request: Work,
         updates: AsyncIterator[Progress],
         *,
         ahead: asyncio.Future[None] | None,
         done_here: asyncio.Future[None],
-        outcome: asyncio.Future[Version],
+        outcome: asyncio.Future[Any],
     ) -> None:
         watcher = asyncio.create_task(self._mark_when_running(job.id, updates))
         try:
@@ -224,8 +234,7 @@ class JobRunner:
                 await watcher
             if ahead is not None:
                 await ahead
-            edit = await asyncio.to_thread(_edit_outcome, result, request, self._models)
-            outcome.set_result(self._store.record_result(job.id, edit))
+            outcome.set_result(await self._record(job.id, result, request))
         except WorkerStopped:
             self._store.requeue(job.id, refund_attempt=True)
             outcome.set_exception(Postponed(POSTPONED_MESSAGE))
@@ -245,6 +254,16 @@ class JobRunner:
             if self._last_in_line.get(job.conversation_id) is done_here:
                 del self._last_in_line[job.conversation_id]
 
+    async def _record(self, job_id: str, result: WorkResult, request: Work) -> Version | VariationSet:
+        """Encode the result off the loop, then write it: a version, or a job's alternatives."""
+        if isinstance(result, tuple):
+            assert isinstance(request, tuple)
+            made, inversion = await asyncio.to_thread(_variations_made, result, request, self._models)
+            return self._store.variations.record(job_id, made, inversion, time.time())
+        assert isinstance(request, EditRequest)
+        edit = await asyncio.to_thread(_edit_outcome, result, request, self._models)
+        return self._store.record_result(job_id, edit)
+
     async def _mark_when_running(self, job_id: str, updates: AsyncIterator[Progress]) -> None:
         """Record the start of the run (and count the attempt) when the worker takes the job."""
         async for update in updates:
@@ -253,19 +272,19 @@ class JobRunner:
                 break
 
 
-def _outcome_future() -> asyncio.Future[Version]:
-    outcome: asyncio.Future[Version] = asyncio.get_running_loop().create_future()
+def _outcome_future() -> asyncio.Future[Any]:
+    outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     outcome.add_done_callback(_retrieve)
     return outcome
 
 
-def _retrieve(future: asyncio.Future[Version]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark an outcome's exception as seen: a ticket's result may never be awaited (no log noise)."""
     if not future.cancelled():
         future.exception()
 
 
-def _ended_ticket(job: Job, error: UserError) -> Ticket:
+def _ended_ticket(job: Job, error: UserError) -> Ticket[Any]:
     outcome = _outcome_future()
     outcome.set_exception(error)
     return Ticket(job, None, outcome)
@@ -285,6 +304,28 @@ def _edit_outcome(result: EditResult, request: EditRequest, models: Mapping[str,
         inversion=result.inversion.to_bytes() if inverted_now else None,
         inversion_key=result.inversion.key,
     )
+
+
+def _variations_made(
+    results: tuple[EditResult, ...], requests: tuple[EditRequest, ...], models: Mapping[str, str]
+) -> tuple[list[MadeVariation], tuple[str, bytes] | None]:
+    """Encode a batch's results (PNGs with provenance) and the inversion they shared, if new."""
+    made = [
+        MadeVariation(
+            seed=request.seed,
+            settings=request.settings,
+            image_png=png_with_text(result.image, provenance(request, result, models)),
+            width=result.image.width,
+            height=result.image.height,
+            caption=result.caption,
+            before_captions=tuple(result.before_captions),
+            after_captions=tuple(result.after_captions),
+        )
+        for result, request in zip(results, requests, strict=True)
+    ]
+    inversion = results[0].inversion
+    inverted_now = inversion is not requests[0].inversion
+    return made, ((inversion.key, inversion.to_bytes()) if inverted_now else None)
 
 
 def _summary(values: list[float]) -> dict[str, float] | None:

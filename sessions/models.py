@@ -127,3 +127,31 @@ class Job:
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class Variation:
+    """One of the alternatives of a variations job: its own language-model sample and strength."""
+
+    number: int
+    seed: int
+    settings: EditSettings
+    caption: str
+    before_captions: tuple[str, ...]
+    after_captions: tuple[str, ...]
+    width: int
+    height: int
+    #: The version it became once someone picked it; None until then.
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class VariationSet:
+    """What a variations job made: alternatives of one edit of ``source_version_id``, numbered 1..K."""
+
+    job_id: str
+    conversation_id: str
+    source_version_id: str
+    instruction: str
+    requester_id: str
+    variations: tuple[Variation, ...]

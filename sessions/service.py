@@ -18,6 +18,7 @@ import asyncio
 import io
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -29,19 +30,18 @@ from editor.images import load_original
 from editor.overrides import tidy_captions
 from editor.types import EditRequest, EditSettings, InvalidInput
 from editor.worker import EditWorker
-from sessions.contact_sheet import draw_lineage
-from sessions.errors import NotAllowed, NotFound, NothingToUndo, Rejected, UserError
+from sessions.errors import NotAllowed, NotFound, Rejected, UserError
 from sessions.jobs import JobRunner, Ticket
-from sessions.models import Author, CaptionsBy, Job, JobKind, Place, Version
+from sessions.models import Author, CaptionsBy, JobKind, Place, VariationSet, Version
 from sessions.places import PlaceChoices
+from sessions.queries import TreeQueries
 from sessions.store import Store
+from sessions.variations import draw_grid
 
 log = logging.getLogger(__name__)
 
 #: stronger / subtler multiply the edit's strength by this factor (or divide by it).
 STRENGTH_STEP = 1.5
-#: The longest history drawn on one contact sheet (the original and the latest steps).
-CONTACT_SHEET_LIMIT = 40
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class ServiceEditor(Protocol):
     def check_captions(self, captions: tuple[tuple[str, ...], tuple[str, ...]]) -> None: ...
 
 
-Listener = Callable[[Ticket], Awaitable[None]]
+Listener = Callable[[Ticket[Any]], Awaitable[None]]
 
 
 def _new_seed() -> int:
@@ -95,7 +95,7 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class EditService(PlaceChoices):
+class EditService(PlaceChoices, TreeQueries):
     """Conversations as edit trees over one store, one edit worker and the editor it runs.
 
     ``editor.check_inputs(request)`` validates a request the way the engine will, so bad input
@@ -110,16 +110,6 @@ class EditService(PlaceChoices):
         self._editor = editor
         self._jobs = JobRunner(store, worker, editor.inversion_key, editor.model_ids)
         self._listeners: list[Listener] = []
-
-    @property
-    def defaults(self) -> EditSettings:
-        """The edit settings of a place without overrides."""
-        return self._editor.defaults
-
-    @property
-    def templates(self) -> tuple[str, ...]:
-        """The prompt templates a place's ``template`` setting may name."""
-        return self._editor.template_names
 
     @property
     def limits(self) -> LimitsConfig:
@@ -157,7 +147,7 @@ class EditService(PlaceChoices):
         instruction: str,
         *,
         reply_context: dict[str, Any] | None = None,
-    ) -> Ticket:
+    ) -> Ticket[Version]:
         """Edit a new image: it becomes the original (root) of a new conversation."""
         settings = self.channel_settings(place)
         seed = _new_seed()
@@ -185,7 +175,7 @@ class EditService(PlaceChoices):
         instruction: str,
         *,
         reply_context: dict[str, Any] | None = None,
-    ) -> Ticket:
+    ) -> Ticket[Version]:
         """Edit a version with a new instruction, using its conversation's current settings."""
         source = self.get_version(version_id)
         settings = self.channel_settings(self._store.conversation_place(source.conversation_id))
@@ -195,7 +185,7 @@ class EditService(PlaceChoices):
 
     def retry(
         self, version_id: str, author: Author, *, reply_context: dict[str, Any] | None = None
-    ) -> Ticket:
+    ) -> Ticket[Version]:
         """Redo the edit that made this version from its parent, with a new seed."""
         edit, parent = self._edit_of(version_id, "retry")
         # A new seed samples new before/after captions: that is what makes a retry differ.
@@ -204,13 +194,13 @@ class EditService(PlaceChoices):
 
     def stronger(
         self, version_id: str, author: Author, *, reply_context: dict[str, Any] | None = None
-    ) -> Ticket:
+    ) -> Ticket[Version]:
         """The same edit (instruction, seed, captions) pushed further."""
         return self._rescaled(version_id, author, STRENGTH_STEP, "stronger", reply_context)
 
     def subtler(
         self, version_id: str, author: Author, *, reply_context: dict[str, Any] | None = None
-    ) -> Ticket:
+    ) -> Ticket[Version]:
         """The same edit (instruction, seed, captions) held back."""
         return self._rescaled(version_id, author, 1 / STRENGTH_STEP, "subtler", reply_context)
 
@@ -226,7 +216,7 @@ class EditService(PlaceChoices):
         after: Sequence[str],
         *,
         reply_context: dict[str, Any] | None = None,
-    ) -> Ticket:
+    ) -> Ticket[Version]:
         """Redo this version's edit from its parent with a person's before/after captions.
 
         No language model runs and the parent's cached inversion is reused; the new version's
@@ -235,6 +225,40 @@ class EditService(PlaceChoices):
         """
         fixed, parent = self._fixed(version_id, before, after)
         return self._request("fix", parent, author, fixed, reply_context)
+
+    def variations(
+        self, version_id: str, author: Author, *, reply_context: dict[str, Any] | None = None
+    ) -> Ticket[VariationSet]:
+        """Alternatives of this version's edit, from its parent, as one batch on the parent's
+        inversion: other language-model samples and strengths (see :mod:`sessions.variations`)."""
+        edit, parent = self._edit_of(version_id, "vary")
+        fresh = replace(edit, seed=_new_seed(), captions=None, captions_by="model")
+        return self._request("variations", parent, author, fresh, reply_context)
+
+    def variation_set(self, job_id: str) -> VariationSet:
+        found = self._store.variations.get(job_id)
+        if found is None or not found.variations:
+            raise NotFound("I can't find those variations; they may be from another bot or not made yet.")
+        return found
+
+    def variation_grid(self, job_id: str) -> bytes:
+        """One PNG of a variations job's alternatives, numbered like the buttons that pick them."""
+        found = self.variation_set(job_id)
+        return draw_grid([self.variation_png(job_id, v.number) for v in found.variations])
+
+    def variation_png(self, job_id: str, number: int) -> bytes:
+        data = self._store.variations.image_png(job_id, number)
+        if data is None:
+            raise NotFound(f"There is no variation {number} of that edit.")
+        return data
+
+    def pick_variation(self, job_id: str, number: int, author: Author) -> Version:
+        """Make alternative ``number`` a version (a child of the edit's parent); the others stay
+        pickable. Picking it again gives the same version."""
+        self.variation_png(job_id, number)
+        version_id = self._store.variations.pick(job_id, number, author, time.time())
+        assert version_id is not None  # the variation exists
+        return self.get_version(version_id)
 
     def delete_version(self, version_id: str, by: Author) -> Version:
         """Mark a result deleted (its requester or a moderator): it stays in the tree for the
@@ -260,59 +284,6 @@ class EditService(PlaceChoices):
         # Left over from an earlier run and not taken up (start() not called yet).
         self._store.finish_job(job_id, "cancelled", "The edit was cancelled.")
         return True
-
-    # --- queries ------------------------------------------------------------------------
-
-    def get_version(self, version_id: str) -> Version:
-        version = self._store.get_version(version_id)
-        if version is None:
-            raise NotFound("I can't find that image version; it may be from another bot or was mistyped.")
-        return version
-
-    def get_job(self, job_id: str) -> Job:
-        job = self._store.get_job(job_id)
-        if job is None:
-            raise NotFound("I can't find that edit; it may be from another bot or was mistyped.")
-        return job
-
-    def image_png(self, version_id: str) -> bytes:
-        self.get_version(version_id)
-        data = self._store.image_png(version_id)
-        assert data is not None  # the schema keeps every version's image
-        return data
-
-    def undo(self, version_id: str) -> Version:
-        """The version this one was edited from (past deleted ones), to show again."""
-        version = self.get_version(version_id)
-        if version.parent_id is None:
-            raise NothingToUndo("This is the original image; there is nothing to undo.")
-        return next(v for v in reversed(self._store.lineage(version.parent_id)) if not v.is_deleted)
-
-    def history(self, version_id: str) -> list[Version]:
-        """The lineage of a version, its original first and itself last, without deleted steps."""
-        if self.get_version(version_id).is_deleted:
-            raise NotFound("That result was deleted, so its history isn't shown.")
-        return [version for version in self._store.lineage(version_id) if not version.is_deleted]
-
-    def place_of(self, version: Version) -> Place:
-        """Where a version's conversation lives, so a transport can keep it within its server."""
-        return self._store.conversation_place(version.conversation_id)
-
-    def conversation_versions(self, conversation_id: str) -> list[Version]:
-        """Every version of a conversation (all branches) in the order they were made."""
-        return self._store.conversation_versions(conversation_id)
-
-    def contact_sheet(self, version_id: str) -> bytes:
-        """A PNG of the lineage: thumbnails in order with their instructions and authors."""
-        return draw_lineage(self.history(version_id), self.image_png, CONTACT_SHEET_LIMIT)
-
-    def version_for_message(self, transport: str, message_id: str | int) -> Version | None:
-        return self._store.version_for_message(transport, str(message_id))
-
-    def link_message(self, transport: str, message_id: str | int, version_id: str) -> None:
-        """Remember that a transport's message shows a version (several messages may)."""
-        self.get_version(version_id)
-        self._store.link_message(transport, str(message_id), version_id)
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, jobs by state, cache size and recent latencies, for the ops endpoint."""
@@ -365,7 +336,7 @@ class EditService(PlaceChoices):
         factor: float,
         kind: JobKind,
         reply_context: dict[str, Any] | None,
-    ) -> Ticket:
+    ) -> Ticket[Version]:
         """The same instruction, seed and captions with the direction scaled."""
         edit, parent = self._edit_of(version_id, "make " + kind)
         settings = edit.settings.scaled(factor)
@@ -381,7 +352,7 @@ class EditService(PlaceChoices):
         author: Author,
         edit: _Edit,
         reply_context: dict[str, Any] | None,
-    ) -> Ticket:
+    ) -> Ticket[Any]:
         checked = self._check(
             EditRequest(
                 image=self.image_png(source.id),

@@ -24,6 +24,7 @@ from editor.types import EditSettings
 from sessions.inversions import InversionCache
 from sessions.models import Author, CaptionsBy, ChainMode, Job, JobKind, Place, Version
 from sessions.schema import JOB_COLUMNS, MIGRATIONS, VERSION_COLUMNS, job_from_row, version_from_row
+from sessions.variation_store import VariationStore
 
 _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o, 1/l/i: easy to read back and type
 
@@ -69,6 +70,7 @@ class Store:
     def __init__(self, db: Database, inversion_cache_bytes: int) -> None:
         self.db = db
         self.inversions = InversionCache(db, inversion_cache_bytes)
+        self.variations = VariationStore(db, self.inversions, new_id)
 
     @classmethod
     def open(

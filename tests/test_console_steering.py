@@ -48,3 +48,24 @@ async def test_delete_hides_the_result_and_goes_back(tmp_path: Path) -> None:
     assert f"Deleted {second}; back to version {first}" in printed
     assert re.search(rf"{second} .*\(deleted\)", printed)
     assert "Contact sheet of 2 steps" in printed
+
+
+async def test_variations_write_one_grid_and_pick_makes_one_current(tmp_path: Path) -> None:
+    database, outputs = tmp_path / "bot.db", tmp_path / "out"
+    picture = write_picture(tmp_path / "cat.png")
+    editor = StandInEditor()
+    printed = await chat(
+        database,
+        outputs,
+        f"/pick 1\n/load {picture} make it snowy\n/variations\n/pick 3\n/captions\n",
+        editor,
+    )
+    assert "type /variations first" in printed
+    grid = re.search(r"Variations of “make it snowy”: (\S+)", printed)
+    assert grid is not None
+    assert (outputs / Path(grid.group(1)).name).stat().st_size > 0
+    assert printed.count("strength ") == 4
+    picked = re.search(r"Picked version (\w+)", printed)
+    assert picked is not None
+    assert editor.batches == [4]
+    assert f"Version {picked.group(1)}: “make it snowy”" in printed

@@ -119,11 +119,46 @@ async def test_fix_captions_opens_a_prefilled_modal_and_redoes_the_edit(world: W
 
     click = await fake.click("bob", result, buttons(result)["Fix captions"])
     before_id, after_id = await opened_modal(fake, click)
+    wordy = await fake.submit_modal(
+        "bob", click, {before_id: "a photo", after_id: "a " + "very " * 80 + "blue photo"}
+    )
+    refusal = await world.answer_to(wordy)
+    assert "too long: the text encoder (CLIP) reads at most 75 tokens" in refusal["content"]
+
+    click = await fake.click("bob", result, buttons(result)["Fix captions"])
+    before_id, after_id = await opened_modal(fake, click)
     fixed = await fake.submit_modal("bob", click, {before_id: "a red photo", after_id: "a blue photo\n\n"})
     status = await world.answer_to(fixed)
     assert status["content"].startswith("📥")
     redone = await world.reply_to(status)
     assert "captions written by a person: a red photo → a blue photo" in redone["content"]
+
+
+async def test_variations_post_one_grid_and_a_pick_becomes_a_result(world: World) -> None:
+    fake = world.fake
+    result = world.results["first"]
+    click = await fake.click("carol", result, buttons(result)["Variations"])
+    status = await world.answer_to(click)
+    grid = await world.reply_to(status)
+    picks = buttons(grid)
+    assert list(picks) == ["1", "2", "3", "4"]
+    assert all(custom_id.startswith("otf:pick:") for custom_id in picks.values())
+    assert grid["content"].count("strength ") == 4
+    with (
+        Image.open(io.BytesIO(fake.attachment_bytes(grid["attachments"][0]))) as image,
+        Image.open(io.BytesIO(fake.attachment_bytes(result["attachments"][0]))) as single,
+    ):
+        assert image.size == (2 * single.width, 2 * single.height)
+
+    pick = await fake.click("dave", grid, picks["3"])
+    picked = await fake.wait_for_message(
+        lambda m: (m.get("interaction_metadata") or {}).get("id") == pick["id"] and bool(m["attachments"]),
+        RESULT_TIMEOUT,
+    )
+    assert "variation 3, picked by" in picked["content"]
+    assert "Retry" in buttons(picked)
+    onwards = await fake.send_message("dave", world.general, "add a hat", reply_to=picked)
+    assert "“add a hat”" in (await world.reply_to(onwards))["content"]
 
 
 async def test_delete_is_for_the_requester_and_moderators_and_buttons_can_be_theirs_only(

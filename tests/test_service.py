@@ -492,7 +492,7 @@ def test_any_sequence_of_edits_keeps_a_tree_whose_histories_end_at_their_root(
 async def test_a_long_history_shows_the_original_and_the_latest_steps(
     service: EditService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sessions.service.CONTACT_SHEET_LIMIT", 3)
+    monkeypatch.setattr("sessions.queries.CONTACT_SHEET_LIMIT", 3)
     version = await first_version(service)
     short = Image.open(io.BytesIO(service.contact_sheet(version.id)))
     for step in range(3):

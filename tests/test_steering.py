@@ -20,6 +20,7 @@ from sessions import App, Author, EditService, NotAllowed, NotFound, Place, Reje
 from sessions.policy import ChannelPolicy
 from sessions.schema import MIGRATIONS
 from sessions.store import Store
+from tests.support.db_checks import database_problems
 from tests.support.editor import StandInEditor, stand_in_app
 from tests.test_service import picture
 
@@ -191,3 +192,48 @@ async def test_the_original_is_kept_as_posted_and_undo_shows_it(service: EditSer
         assert image.getpixel((75, 50)) == (10, 200, 30)
     again = await service.continue_edit(original.id, BOB, "add a scarf").result()
     assert (again.width, again.height) == (32, 24)
+
+
+async def test_variations_are_one_batch_on_the_parents_inversion_and_picking_makes_versions(
+    app: App, editor: StandInEditor
+) -> None:
+    service = app.service
+    first = await edited(service)
+    assert first.settings is not None
+    inversions, calls = editor.inversions, editor.language_model_calls
+    made = await service.variations(first.id, BOB).result()
+    assert editor.batches == [4]
+    assert editor.inversions == inversions, "one inversion, the parent's, cached"
+    assert editor.language_model_calls == calls + 4, "each alternative is its own sample"
+    assert made.source_version_id == first.parent_id
+    assert [v.number for v in made.variations] == [1, 2, 3, 4]
+    assert len({v.seed for v in made.variations}) == 4
+    base = first.settings.direction_strength
+    assert [v.settings.direction_strength for v in made.variations] == [
+        base,
+        0.75 * base,
+        1.25 * base,
+        1.5 * base,
+    ]
+    for variation in made.variations:
+        assert f"(seed {variation.seed})" in variation.after_captions[0]  # its own captions, kept
+    with Image.open(io.BytesIO(service.variation_grid(made.job_id))) as grid:
+        assert grid.size == (2 * 32, 2 * 24)
+
+    third = service.pick_variation(made.job_id, 3, ANN)
+    assert third.parent_id == first.parent_id
+    assert third.after_captions == made.variations[2].after_captions
+    assert third.settings == made.variations[2].settings
+    assert service.image_png(third.id) == service.variation_png(made.job_id, 3)
+    assert service.pick_variation(made.job_id, 3, BOB) == third, "picked once, the same version after"
+    again = service.variation_set(made.job_id)
+    assert [v.version_id for v in again.variations] == [None, None, third.id, None]
+    second = service.pick_variation(made.job_id, 1, BOB)
+    assert second.id != third.id
+    onwards = await service.continue_edit(third.id, ANN, "add a hat").result()
+    assert onwards.parent_id == third.id
+    assert database_problems(app.store) == []
+    with pytest.raises(NotFound):
+        service.pick_variation(made.job_id, 5, ANN)
+    with pytest.raises(UserError, match="no edit to vary"):
+        service.variations(first.parent_id or "", ANN)

@@ -24,7 +24,7 @@ from handlers.discord.flows import Relay
 from handlers.discord.moderation import SafetyChecker
 from handlers.discord.ops import OpsServer
 from handlers.discord.preferences import Preferences
-from handlers.discord.views import CancelButton, ResultButton
+from handlers.discord.views import CancelButton, PickButton, ResultButton
 from sessions import AppConfig, DiscordConfig, EditService, OpsConfig
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class EditBot(commands.Bot):
                 "message content intent: off; only mentions, DMs, slash commands and the "
                 "'Edit image' menu reach the bot (edit channels need a mention)"
             )
-        self.add_dynamic_items(ResultButton, CancelButton)
+        self.add_dynamic_items(ResultButton, CancelButton, PickButton)
         await self.add_cog(MessageEvents(self.relay))
         await self.add_cog(
             EditCommands(self, self.relay, self.service, self.preferences, self.config.message_content)

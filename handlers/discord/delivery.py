@@ -25,8 +25,8 @@ from handlers.discord.links import Links
 from handlers.discord.moderation import SafetyChecker
 from handlers.discord.preferences import TRANSPORT, Preferences, channel_place
 from handlers.discord.status import ChannelStatus, StatusMessage, StatusUpdater
-from handlers.discord.views import cancel_view, result_view
-from sessions import Author, EditCancelled, EditService, Ticket, Version
+from handlers.discord.views import cancel_view, pick_view, result_view
+from sessions import Author, EditCancelled, EditService, Ticket, VariationSet, Version
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +142,14 @@ class Delivery:
         watcher = asyncio.create_task(self._watch(ticket, updater)) if has_status else None
         started = time.monotonic()
         try:
-            version = await ticket.result()
+            made = await ticket.result()
         except EditCancelled:
             final = render.cancelled_text(job.requester_id, job.instruction)
         except Exception as error:
             final = render.failed_text(job.requester_id, job.instruction, user_message(error))
         else:
             try:
-                final = await self._deliver(version, destination, job.requester_id, job.instruction, started)
+                final = await self._deliver(made, destination, job.requester_id, job.instruction, started)
             except Exception as error:
                 final = render.failed_text(job.requester_id, job.instruction, user_message(error))
         finally:
@@ -173,25 +173,58 @@ class Delivery:
                 updater.show(render.status_text(progress, job.requester_id, job.instruction), view)
 
     async def _deliver(
-        self, version: Version, destination: Destination, requester_id: str, instruction: str, started: float
+        self,
+        made: Version | VariationSet,
+        destination: Destination,
+        requester_id: str,
+        instruction: str,
+        started: float,
     ) -> str:
-        """Post the result (after the safety check, when on); the status message's final text."""
+        """Post the result or the grid of variations (after the safety check, when on); the
+        status message's final text."""
+        if isinstance(made, VariationSet):
+            png = self._service.variation_grid(made.job_id)
+        else:
+            png = self._service.image_png(made.id)
         if self._preferences.safety_check(destination.guild_id):
             if self._safety is None:
                 return render.failed_text(requester_id, instruction, CHECK_FAILED)
             try:
-                unsafe = await self._safety.is_unsafe(self._service.image_png(version.id))
+                unsafe = await self._safety.is_unsafe(png)
             except Exception:
-                log.exception("the safety check failed on version %s", version.id)
+                log.exception("the safety check failed on %s", made)
                 return render.failed_text(requester_id, instruction, CHECK_FAILED)
             if unsafe:
-                log.info("version %s withheld by the safety check", version.id)
+                log.info("%s withheld by the safety check", made)
                 return render.failed_text(requester_id, instruction, WITHHELD)
-        await self.send_version(destination, version, lambda note: render.result_text(version, note))
-        self._preferences.remember_latest(
-            channel_place(destination.guild_id, destination.channel_id), version.id
-        )
+        if isinstance(made, VariationSet):
+            await self.send_variations(destination, made, png)
+        else:
+            await self.send_version(destination, made, lambda note: render.result_text(made, note))
+            self._preferences.remember_latest(
+                channel_place(destination.guild_id, destination.channel_id), made.id
+            )
         return render.done_text(requester_id, instruction, time.monotonic() - started)
+
+    async def send_variations(self, destination: Destination, made: VariationSet, grid: bytes) -> None:
+        """Post the grid of variations with a button per variation to pick it."""
+        channel = self._bot.get_partial_messageable(destination.channel_id, guild_id=destination.guild_id)
+        reference = None
+        if destination.reply_to is not None:
+            reference = discord.MessageReference(
+                message_id=destination.reply_to,
+                channel_id=destination.channel_id,
+                guild_id=destination.guild_id,
+                fail_if_not_exists=False,
+            )
+        fitted = await fit_image(grid, self._upload_limit(destination.guild_id), f"variations-{made.job_id}")
+        await channel.send(
+            render.variations_text(made, fitted.note),
+            file=discord.File(io.BytesIO(fitted.data), fitted.filename),
+            view=pick_view(made.job_id, len(made.variations)),
+            reference=reference,  # type: ignore[arg-type]
+            allowed_mentions=NO_MENTIONS,
+        )
 
     async def send_version(
         self, destination: Destination, version: Version, text_for: Callable[[str], str]

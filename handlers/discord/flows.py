@@ -62,7 +62,7 @@ class Relay:
             safety=safety,
             progress_interval_s=config.progress_interval_s,
         )
-        self._steering = Steering(service, self._delivery, self._respond_received)
+        self._steering = Steering(service, self._delivery, self._links, self._respond_received)
 
     # --- messages -----------------------------------------------------------------------
 
@@ -224,6 +224,9 @@ class Relay:
         if action == "delete":
             await self._steering.delete(interaction, version)
             return
+        if action == "variations":
+            await self._steering.variations(interaction, version)
+            return
         if action == "captions":
             await interaction.response.send_message(
                 embed=render.captions_embed(version), ephemeral=True, allowed_mentions=NO_MENTIONS
@@ -253,6 +256,9 @@ class Relay:
         self, interaction: discord.Interaction, version_id: str, before: str, after: str
     ) -> None:
         await self._steering.fix_from_modal(interaction, version_id, before, after)
+
+    async def pick(self, interaction: discord.Interaction, job_id: str, number: int) -> None:
+        await self._steering.pick(interaction, job_id, number)
 
     async def cancel(self, interaction: discord.Interaction, job_id: str) -> None:
         """The Cancel button: the service decides who may (the requester or a moderator)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import discord
 from PIL import Image
 
-from sessions import STAGES, ChannelPolicy, EditSettings, Progress, Version
+from sessions import STAGES, ChannelPolicy, EditSettings, Progress, VariationSet, Version
 
 #: Discord refuses message content longer than this.
 MAX_CONTENT = 2000
@@ -103,6 +103,22 @@ def result_text(version: Version, note: str = "") -> str:
     understood = understood_line(version)
     if understood:
         lines.append(understood)
+    if note:
+        lines.append(f"-# {note}")
+    return _fit_content("\n".join(lines))
+
+
+def variations_text(made: VariationSet, note: str = "") -> str:
+    """The text above a grid of variations: each one's strength and how it read the instruction."""
+    lines = [
+        f"🎲 Variations of {quote(made.instruction, 200)} — asked by <@{made.requester_id}>. "
+        "Press a number to keep that one."
+    ]
+    for variation in made.variations:
+        before = " ".join(variation.before_captions[0].split()) if variation.before_captions else ""
+        after = " ".join(variation.after_captions[0].split()) if variation.after_captions else ""
+        strength = variation.settings.direction_strength
+        lines.append(f"{variation.number}. strength {strength:g}: {quote(before, 120)} → {quote(after, 120)}")
     if note:
         lines.append(f"-# {note}")
     return _fit_content("\n".join(lines))

@@ -1,5 +1,5 @@
-"""The flows that let people steer an edit: fix its captions, delete it, and (per channel)
-keep its buttons to the person who asked.
+"""The flows that let people steer an edit: fix its captions, ask for variations and pick one,
+delete it, and (per channel) keep its buttons to the person who asked.
 
 :class:`flows.Relay` hands these buttons and modals over here; the service decides what is
 allowed and what runs, as for every other flow.
@@ -11,10 +11,11 @@ from collections.abc import Awaitable, Callable
 
 import discord
 
-from handlers.discord import intake
-from handlers.discord.delivery import Delivery, Received
+from handlers.discord import intake, render
+from handlers.discord.delivery import Delivery, Received, respond_with_image
 from handlers.discord.errors import NO_MENTIONS, BadRequest
-from handlers.discord.views import FixCaptionsModal
+from handlers.discord.links import Links
+from handlers.discord.views import FixCaptionsModal, result_view
 from sessions import Author, EditService, Version
 
 #: Answers an interaction with a job's status message (``Relay._respond_received``).
@@ -24,22 +25,50 @@ READ_ONLY = frozenset({"captions"})
 
 
 class Steering:
-    """Fix captions, Delete, and who may press a result's buttons."""
+    """Fix captions, Variations and their picks, Delete, and who may press a result's buttons."""
 
-    def __init__(self, service: EditService, delivery: Delivery, respond: Respond) -> None:
+    def __init__(self, service: EditService, delivery: Delivery, links: Links, respond: Respond) -> None:
         self._service = service
         self._delivery = delivery
+        self._links = links
         self._respond = respond
 
     def check_may_press(self, author: Author, version: Version, action: str) -> None:
         """Where the channel keeps buttons to the requester, refuse anyone else but moderators."""
-        if action in READ_ONLY or author.is_moderator or author.id == version.author_id:
+        if action not in READ_ONLY:
+            self._check_requester(author, version.author_id, version)
+
+    def _check_requester(self, author: Author, requester_id: str, version: Version) -> None:
+        if author.is_moderator or author.id == requester_id:
             return
         if self._service.channel_policy(self._service.place_of(version)).requester_only:
             raise BadRequest(
-                f"In this channel only <@{version.author_id}>, who asked for this edit, "
+                f"In this channel only <@{requester_id}>, who asked for this edit, "
                 "or a moderator can use its buttons."
             )
+
+    async def variations(self, interaction: discord.Interaction, version: Version) -> None:
+        """The Variations button: alternatives of this edit, posted as one numbered grid."""
+        author = intake.author_of_interaction(interaction)
+        received = await self._respond(interaction, author, version.instruction or "")
+        await self._delivery.submit(received, self._service.variations, version.id, author)
+
+    async def pick(self, interaction: discord.Interaction, job_id: str, number: int) -> None:
+        """A number under a grid: that variation becomes a version, posted with its buttons."""
+        made = self._service.variation_set(job_id)
+        author = intake.author_of_interaction(interaction)
+        source = self._service.get_version(made.source_version_id)
+        self._check_requester(author, made.requester_id, source)
+        version = self._service.pick_variation(job_id, number, author)
+        await interaction.response.defer(thinking=True)
+        assert interaction.channel_id is not None
+        async with self._links.posting_in(interaction.channel_id):
+            png = self._service.image_png(version.id)
+            text = f"{render.result_text(version)}\n-# variation {number}, picked by <@{author.id}>"
+            shown = await respond_with_image(
+                interaction, png, f"edit-{version.id}", text, result_view(version)
+            )
+            self._links.link(shown.id, version.id)
 
     async def open_fix(self, interaction: discord.Interaction, version: Version) -> None:
         """The Fix captions button: a modal with the before and after captions, one per line."""

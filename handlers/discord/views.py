@@ -51,6 +51,8 @@ class ViewActions(Protocol):
         self, interaction: discord.Interaction, version_id: str, before: str, after: str
     ) -> None: ...
 
+    async def pick(self, interaction: discord.Interaction, job_id: str, number: int) -> None: ...
+
 
 @runtime_checkable
 class RelayingClient(Protocol):
@@ -118,6 +120,40 @@ class CancelButton(
             await _relay(interaction).cancel(interaction, self.job_id)
         except Exception as error:
             await report(interaction, error)
+
+
+class PickButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=re.compile(rf"{PREFIX}:pick:(?P<job_id>{_ID}):(?P<number>[1-9])"),
+):
+    """Button n under a grid of variations: make variation n a version of the conversation."""
+
+    def __init__(self, job_id: str, number: int) -> None:
+        button: discord.ui.Button[Any] = discord.ui.Button(
+            label=str(number), style=discord.ButtonStyle.primary, custom_id=f"{PREFIX}:pick:{job_id}:{number}"
+        )
+        super().__init__(button)
+        self.job_id = job_id
+        self.number = number
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> PickButton:
+        return cls(match["job_id"], int(match["number"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await _relay(interaction).pick(interaction, self.job_id, self.number)
+        except Exception as error:
+            await report(interaction, error)
+
+
+def pick_view(job_id: str, count: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for number in range(1, count + 1):
+        view.add_item(PickButton(job_id, number))
+    return view
 
 
 def result_view(version: Version) -> discord.ui.View | None:

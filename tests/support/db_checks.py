@@ -25,7 +25,8 @@ def database_problems(store: Store) -> list[str]:
         found.append(f"job {job_id} is done without its version")
     for (version_id,) in db.execute(
         "SELECT id FROM versions WHERE parent_id IS NOT NULL "
-        "AND id NOT IN (SELECT result_version_id FROM jobs WHERE state = 'done')"
+        "AND id NOT IN (SELECT result_version_id FROM jobs WHERE state = 'done') "
+        "AND id NOT IN (SELECT version_id FROM variations WHERE version_id IS NOT NULL)"
     ).fetchall():
         found.append(f"version {version_id} is the result of no finished job")
     return found

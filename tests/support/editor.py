@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -70,6 +71,8 @@ class StandInEditor:
         self.inversions = 0
         self.captions = 0
         self.language_model_calls = 0
+        #: The size of each ``edit_many`` batch, in order.
+        self.batches: list[int] = []
         #: Instructions (tidied) in the order their edits began.
         self.started: list[str] = []
         #: Instruction -> what its edit raises (after any hold).
@@ -134,6 +137,24 @@ class StandInEditor:
             timings={"edit": (self.step_s + self.busy_s) * self.steps},
             counts=EditCounts(),
         )
+
+    def edit_many(
+        self,
+        requests: Sequence[EditRequest],
+        *,
+        callback: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[EditResult]:
+        """K edits of one image, as the engine makes them: one caption and one inversion for all."""
+        self.batches.append(len(requests))
+        first = self.edit(requests[0], callback=callback, cancel=cancel)
+        rest = [
+            self.edit(
+                replace(r, inversion=first.inversion, caption=first.caption), callback=callback, cancel=cancel
+            )
+            for r in requests[1:]
+        ]
+        return [first, *rest]
 
     def _caption_and_inversion(self, request: EditRequest) -> tuple[str, Inversion]:
         """The request's caption and inversion when usable, counted stand-ins for BLIP and DDIM otherwise."""
