@@ -6,6 +6,11 @@
    samples and strengths) as one ``Editor.edit_many`` batch, against the same 4 made as 4
    separate edits. Both start from the parent's cached inversion, as in the bot. Printed: wall
    time and UNet batch-samples of the batch / of the 4 edits (below 1: the batch is cheaper).
+2. Chains: 4 turns in chain mode ``compose`` (each turn the summed directions on the first
+   inversion) against ``reinvert`` (each turn inverts the previous result), with fixed captions
+   so that the language model's sampling does not blur the comparison. Printed: compose /
+   reinvert for wall time and UNet batch-samples. (Quality needs real weights: run
+   ``python -m evaluation --strategy default --strategy compose --protocol multi``.)
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from editor.engine import Editor
 from editor.tiny import write_tiny_models
-from editor.types import EditRequest, EditResult
+from editor.types import EditRequest, EditResult, PriorEdit
 from sessions.config import load_config
 from sessions.variations import variation_requests
 
@@ -50,6 +55,45 @@ def bench_variations(editor: Editor, base: EditRequest) -> tuple[float, float]:
         f"one batch {batched_wall:.2f} s, {batch_samples(batched[0])} batch-samples"
     )
     return batched_wall / separate_wall, batch_samples(batched[0]) / separate_samples
+
+
+TURNS = (
+    ("add a hat", "a photo with a hat"),
+    ("at night", "a photo at night"),
+    ("in snow", "a photo in snow"),
+    ("in watercolor", "a watercolor photo"),
+)
+
+
+def bench_chain(editor: Editor, base: EditRequest) -> tuple[float, float]:
+    """(wall, batch-samples) of a 4-turn chain, compose / reinvert; each starts from a fresh inversion."""
+    totals = {}
+    for mode in ("reinvert", "compose"):
+        image, inversion = base.image, None
+        prior: tuple[PriorEdit, ...] = ()
+        started, samples = time.perf_counter(), 0
+        for instruction, after in TURNS:
+            captions = (("a photo",), (after,))
+            request = replace(
+                base,
+                image=image,
+                instruction=instruction,
+                captions=captions,
+                inversion=inversion,
+                prior=prior,
+            )
+            result = editor.edit(request)
+            samples += batch_samples(result)
+            if mode == "reinvert":
+                buffer = io.BytesIO()
+                result.image.save(buffer, format="PNG")
+                image = buffer.getvalue()
+            else:
+                inversion = result.inversion
+                prior = (*prior, PriorEdit(*captions, base.settings.direction_strength))
+        totals[mode] = (time.perf_counter() - started, samples)
+        print(f"chain of {len(TURNS)}, {mode}: {totals[mode][0]:.2f} s, {samples} UNet batch-samples")
+    return totals["compose"][0] / totals["reinvert"][0], totals["compose"][1] / totals["reinvert"][1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         base = replace(request, inversion=first.inversion, caption=first.caption, seed=11)
         wall, samples = bench_variations(editor, base)
         print(f"variations, one batch / 4 edits: wall {wall:.2f}x, UNet batch-samples {samples:.2f}x")
+        wall, samples = bench_chain(editor, replace(request, seed=13))
+        print(f"chain of 4, compose / reinvert: wall {wall:.2f}x, UNet batch-samples {samples:.2f}x")
     return 0
 
 

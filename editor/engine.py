@@ -34,6 +34,7 @@ from PIL import Image
 
 from editor.captioner import Captioner
 from editor.captions import CaptionSet, CaptionWriter, CausalLanguageModel
+from editor.chain import compose
 from editor.config import EngineConfig, LimitsConfig, resolve_path
 from editor.diffusion import DiffusionModels, UNetCounter
 from editor.direction import edit_direction
@@ -250,6 +251,9 @@ class Editor:
             directions = torch.cat(
                 [edit_direction(encode(list(c.before)), encode(list(c.after))) for c in captions]
             )
+            # Chain mode compose: the earlier turns' directions join each edit's.
+            own_strengths = [item.settings.direction_strength for item in prepared]
+            directions, strengths = compose(directions, own_strengths, [r.prior for r in requests], encode)
 
         # 6. Reconstruction (records cross-attention) and the guided edits, step by step.
         raise_if_cancelled(run.cancel)
@@ -259,7 +263,7 @@ class Editor:
                 caption_embeds,
                 directions,
                 settings=settings,
-                strengths=[item.settings.direction_strength for item in prepared],
+                strengths=strengths,
                 callback=run.report,
                 cancel=run.cancel,
                 counter=run.counter,

@@ -137,11 +137,22 @@ class Inversion:
 
 
 @dataclass(frozen=True)
+class PriorEdit:
+    """An earlier turn of a chain: how it was read (its captions) and how strongly it applied."""
+
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    strength: float
+
+
+@dataclass(frozen=True)
 class EditRequest:
     """One edit: an image (or its bytes), an instruction and how to apply it.
 
     ``inversion`` skips the inversion when it matches the image, caption and settings;
     ``caption`` overrides BLIP; ``captions`` (before, after) overrides the language model.
+    ``prior`` (chain mode ``compose``): the earlier turns of a chain, whose directions are
+    added to this edit's and applied with it to ``image``, the chain's first image.
     """
 
     image: Image.Image | bytes
@@ -151,6 +162,7 @@ class EditRequest:
     inversion: Inversion | None = None
     caption: str | None = None
     captions: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    prior: tuple[PriorEdit, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from editor.types import EditRequest, InvalidInput, Inversion, SupportsEdit
+from editor.types import EditRequest, InvalidInput, Inversion, PriorEdit, SupportsEdit
 from evaluation.dataset import Dataset, DatasetError, Session, Turn
 from evaluation.metrics import Scorer
 from evaluation.strategies import MissingDescription, Strategy
@@ -212,20 +212,29 @@ class Evaluation:
         self, protocol: str, strategy: Strategy, session: Session, turns: list[Turn]
     ) -> Iterator[TurnRow]:
         previous = None
+        #: Multi-turn with chain mode compose: the turns so far, whose directions join each edit's.
+        earlier: list[TurnRow] = []
         if protocol == "multi" and turns and turns[0].index > 1:
-            previous = self.log.get(strategy.name, protocol, session.id, turns[0].index - 1)
+            rows = [self.log.get(strategy.name, protocol, session.id, i) for i in range(1, turns[0].index)]
+            earlier = [row for row in rows if row is not None]
+            previous = earlier[-1] if earlier else None
+        compose = protocol == "multi" and strategy.chain == "compose"
         for turn in turns:
             if protocol == "multi" and previous is not None and previous.error:
                 row = self._row(protocol, strategy, session, turn)
                 previous = replace(row, error=f"not edited: turn {previous.turn} of this session failed")
                 yield previous
                 continue
-            source = (
-                (self.run_dir / previous.image).read_bytes()
-                if protocol == "multi" and previous is not None
-                else None
-            )
-            previous = self._edit_turn(protocol, strategy, session, turn, source)
+            source = None
+            prior: tuple[PriorEdit, ...] = ()
+            if compose and earlier:
+                source = session.turns[0].source.read_bytes()  # its inversion is cached by turn 1
+                strength = strategy.settings.direction_strength
+                prior = tuple(PriorEdit(tuple(row.before), tuple(row.after), strength) for row in earlier)
+            elif protocol == "multi" and previous is not None:
+                source = (self.run_dir / previous.image).read_bytes()
+            previous = self._edit_turn(protocol, strategy, session, turn, source, prior=prior)
+            earlier.append(previous)
             yield previous
 
     def _row(self, protocol: str, strategy: Strategy, session: Session, turn: Turn) -> TurnRow:
@@ -239,9 +248,17 @@ class Evaluation:
         )
 
     def _edit_turn(
-        self, protocol: str, strategy: Strategy, session: Session, turn: Turn, source: bytes | None
+        self,
+        protocol: str,
+        strategy: Strategy,
+        session: Session,
+        turn: Turn,
+        source: bytes | None,
+        *,
+        prior: tuple[PriorEdit, ...] = (),
     ) -> TurnRow:
-        """Edit one turn (``source`` None: its ground-truth input), save and score the result."""
+        """Edit one turn (``source`` None: its ground-truth input; ``prior``: earlier turns to
+        compose with it), save and score the result."""
         row = self._row(protocol, strategy, session, turn)
         if turn.index == 1:
             other = self.log.get(strategy.name, "multi" if protocol == "single" else "single", session.id, 1)
@@ -261,6 +278,7 @@ class Evaluation:
                 seed=self.seed,
                 inversion=self._inversions.get(digest),
                 captions=strategy.captions_for(turn),
+                prior=prior,
             )
             result = self.editor.edit(request)
         except (InvalidInput, MissingDescription, DatasetError) as error:

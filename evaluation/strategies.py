@@ -16,6 +16,7 @@ from editor.config import ConfigError
 from editor.types import EditSettings
 from evaluation.dataset import Turn
 from sessions.config import EvaluationConfig, StrategyConfig
+from sessions.models import CHAIN_MODES
 
 #: ``none``: the language model writes the captions; ``global``: the dataset's descriptions do.
 ORACLES = ("none", "global")
@@ -47,6 +48,10 @@ BUILTIN_STRATEGIES: dict[str, StrategyConfig] = {
         oracle="global",
         description="no language model: the dataset's global descriptions of input and output",
     ),
+    "compose": StrategyConfig(
+        chain="compose",
+        description="multi-turn without drift: every turn's direction on the first input's inversion",
+    ),
 }
 
 
@@ -58,6 +63,8 @@ class Strategy:
     settings: EditSettings
     oracle: str
     description: str
+    #: Multi-turn chain mode: ``reinvert`` (edit the previous output) or ``compose``.
+    chain: str = "reinvert"
 
     def captions_for(self, turn: Turn) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         """The before/after captions that replace the language model's, or None to ask it."""
@@ -72,7 +79,7 @@ class Strategy:
 
     def fingerprint(self) -> dict[str, Any]:
         """What makes two runs of this name the same experiment."""
-        return {"settings": self.settings.to_dict(), "oracle": self.oracle}
+        return {"settings": self.settings.to_dict(), "oracle": self.oracle, "chain": self.chain}
 
 
 class MissingDescription(ValueError):
@@ -100,10 +107,12 @@ def resolve_strategies(
         where = f"evaluation.strategies.{name}"
         if entry.oracle not in ORACLES:
             raise ConfigError(f"{where}.oracle must be one of {', '.join(ORACLES)}, got {entry.oracle!r}.")
+        if entry.chain not in CHAIN_MODES:
+            raise ConfigError(f"{where}.chain must be one of {', '.join(CHAIN_MODES)}, got {entry.chain!r}.")
         try:
             settings = EditSettings.from_dict({**defaults.to_dict(), **entry.settings})
             settings.validate()
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{where}.settings: {error}") from error
-        strategies.append(Strategy(name, settings, entry.oracle, entry.description))
+        strategies.append(Strategy(name, settings, entry.oracle, entry.description, entry.chain))
     return tuple(strategies)

@@ -85,6 +85,7 @@ class ConsoleChat(SteeringCommands):
             "delete": self._delete,
             "variations": self._variations,
             "pick": self._pick,
+            "chain": self._chain,
             "history": self._history,
             "versions": self._versions,
             "goto": self._goto,

@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from sessions import Author, EditService, Ticket, VariationSet, Version
+from sessions import CHAIN_MODES, Author, EditService, Place, Ticket, VariationSet, Version
 
 HELP = """\
   /fix                      show the before/after captions, then type your own (no language model)
   /variations               4 alternatives of the last edit, written as one numbered grid
   /pick N                   keep alternative N of the last /variations as the current image
-  /delete                   delete the current result (kept for edits made from it) and go back"""
+  /delete                   delete the current result (kept for edits made from it) and go back
+  /chain reinvert|compose   how the next turns are made: from the last result, or as every
+                            turn's direction on the first image (no drift over long chains)"""
 
 
 class _Chat(Protocol):
@@ -23,6 +25,7 @@ class _Chat(Protocol):
 
     _service: EditService
     _author: Author
+    _place: Place
     _outputs: Path
     _variations_job: str | None
 
@@ -35,7 +38,7 @@ class _Chat(Protocol):
 
 
 class SteeringCommands:
-    """``/fix``, ``/variations``, ``/pick`` and ``/delete`` for ``ConsoleChat``."""
+    """``/fix``, ``/variations``, ``/pick``, ``/delete`` and ``/chain`` for ``ConsoleChat``."""
 
     #: The variations job /pick picks from: the last one shown in this chat.
     _variations_job: str | None = None
@@ -96,4 +99,14 @@ class SteeringCommands:
             return True
         version = self._service.pick_variation(self._variations_job, int(argument), self._author)
         self._show(version, "Picked")
+        return True
+
+    async def _chain(self: _Chat, argument: str) -> bool:
+        mode = argument.strip().lower()
+        if mode not in CHAIN_MODES:
+            current = self._service.channel_policy(self._place).chain
+            self._say(f"Chain mode is {current}. Say /chain {' or /chain '.join(CHAIN_MODES)}.")
+            return True
+        self._service.update_channel_policy(self._place, chain=mode)
+        self._say(f"Chain mode is now {mode}.")
         return True

@@ -136,6 +136,9 @@ class StrategyConfig:
     settings: dict[str, Any] = field(default_factory=dict)
     oracle: str = "none"
     description: str = ""
+    #: Multi-turn: ``reinvert`` edits the previous output; ``compose`` adds each turn's direction
+    #: to the earlier turns' on the first input's inversion (the bot's channel setting ``chain``).
+    chain: str = "reinvert"
 
 
 @dataclass(frozen=True)

@@ -173,11 +173,11 @@ class JobRunner:
     # --- running and recording -------------------------------------------------------------
 
     def _build_request(self, job_id: str) -> Work:
-        """The job's edit request (a batch for variations), with the source's cached inversion
-        and caption when known."""
+        """The job's edit request (a batch for variations), with the cached inversion and caption
+        of the image it edits (the source's, or the original's in chain mode compose) when known."""
         spec = self._store.job_spec(job_id)
         inversion = None
-        source_id = spec.job.source_version_id
+        source_id = spec.base_version_id
         if source_id is not None:
             key = self._inversion_key(spec.settings)
             data = self._store.inversions.get(source_id, key)
@@ -195,6 +195,7 @@ class JobRunner:
             inversion=inversion,
             caption=spec.source_caption,
             captions=spec.captions,
+            prior=spec.prior,
         )
         return variation_requests(request) if spec.job.kind == "variations" else request
 

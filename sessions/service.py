@@ -364,6 +364,7 @@ class EditService(PlaceChoices, TreeQueries):
         )
         job = self._store.add_job(
             kind=kind,
+            chain=self.channel_policy(self.place_of(source)).chain,
             source_version_id=source.id,
             requester=author,
             instruction=checked.instruction,

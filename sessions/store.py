@@ -14,15 +14,15 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
-from editor.types import EditSettings
+from editor.types import EditSettings, PriorEdit
 from sessions.inversions import InversionCache
 from sessions.models import Author, CaptionsBy, ChainMode, Job, JobKind, Place, Version
+from sessions.records import EditOutcome, JobSpec, prior_edit
 from sessions.schema import JOB_COLUMNS, MIGRATIONS, VERSION_COLUMNS, job_from_row, version_from_row
 from sessions.variation_store import VariationStore
 
@@ -32,36 +32,6 @@ _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o, 1/l/i: easy to read 
 def new_id(length: int = 10) -> str:
     """A short URL-safe random id (about 50 bits) that fits in a Discord custom_id."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything needed to (re)build a job's edit request, read in one place."""
-
-    job: Job
-    image_png: bytes
-    settings: EditSettings
-    seed: int
-    #: The source image's BLIP caption when known (skips BLIP).
-    source_caption: str | None
-    #: (before, after) caption overrides, e.g. for stronger/subtler.
-    captions: tuple[tuple[str, ...], tuple[str, ...]] | None
-
-
-@dataclass(frozen=True)
-class EditOutcome:
-    """What a finished edit produced, ready to be recorded."""
-
-    image_png: bytes
-    width: int
-    height: int
-    #: BLIP's caption of the edit's input image (the source version).
-    caption: str
-    before_captions: tuple[str, ...]
-    after_captions: tuple[str, ...]
-    #: The serialised inversion of the input image, to cache for the source version.
-    inversion: bytes | None
-    inversion_key: str
 
 
 class Store:
@@ -234,15 +204,22 @@ class Store:
         job = self.get_job(job_id)
         if job is None:
             raise KeyError(job_id)
-        row = self._one("SELECT settings, seed, captions, input_image FROM jobs WHERE id = ?", [job_id])
+        row = self._one(
+            "SELECT settings, seed, captions, input_image, chain FROM jobs WHERE id = ?", [job_id]
+        )
         assert row is not None
+        base: Version | None = None
+        prior: tuple[PriorEdit, ...] = ()
         if job.kind == "start":
             image_png, source_caption = bytes(row["input_image"]), None
         else:
             assert job.source_version_id is not None
-            image_png = self.image_png(job.source_version_id) or b""
-            source = self.get_version(job.source_version_id)
-            source_caption = source.image_caption if source else None
+            lineage = self.lineage(job.source_version_id)
+            base = lineage[0] if row["chain"] == "compose" else lineage[-1]
+            if row["chain"] == "compose":
+                prior = tuple(prior_edit(version) for version in lineage[1:])
+            image_png = self.image_png(base.id) or b""
+            source_caption = base.image_caption
         captions = json.loads(row["captions"]) if row["captions"] else None
         return JobSpec(
             job=job,
@@ -251,6 +228,8 @@ class Store:
             seed=row["seed"],
             source_caption=source_caption,
             captions=None if captions is None else (tuple(captions[0]), tuple(captions[1])),
+            base_version_id=None if base is None else base.id,
+            prior=prior,
         )
 
     def unfinished_jobs(self) -> list[Job]:
@@ -304,8 +283,8 @@ class Store:
         with self.db.atomic():
             row = self._one(
                 "SELECT kind, conversation_id, requester_id, requester_name, source_version_id, "
-                "instruction, settings, seed, input_image, input_width, input_height, state, captions_by "
-                "FROM jobs WHERE id = ?",
+                "instruction, settings, seed, input_image, input_width, input_height, state, "
+                "captions_by, chain FROM jobs WHERE id = ?",
                 [job_id],
             )
             if row is None or row["state"] not in ("queued", "running"):
@@ -322,10 +301,12 @@ class Store:
                 )
             else:
                 source_id = row["source_version_id"]
-                self.db.execute(
-                    "UPDATE versions SET image_caption = ? WHERE id = ? AND image_caption IS NULL",
-                    [outcome.caption, source_id],
-                )
+            # The edited image's caption and inversion: the source's, or the original's (compose).
+            base_id = self.lineage(source_id)[0].id if row["chain"] == "compose" else source_id
+            self.db.execute(
+                "UPDATE versions SET image_caption = ? WHERE id = ? AND image_caption IS NULL",
+                [outcome.caption, base_id],
+            )
             version_id = self._insert_version(
                 row,
                 now,
@@ -342,7 +323,7 @@ class Store:
                 captions_by=row["captions_by"],
             )
             if outcome.inversion is not None:
-                self.inversions.put(source_id, outcome.inversion_key, outcome.inversion, now)
+                self.inversions.put(base_id, outcome.inversion_key, outcome.inversion, now)
             self.db.execute(
                 "UPDATE jobs SET state = 'done', finished_at = ?, result_version_id = ?, "
                 "source_version_id = ?, input_image = NULL, error = NULL WHERE id = ?",

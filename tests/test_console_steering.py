@@ -69,3 +69,19 @@ async def test_variations_write_one_grid_and_pick_makes_one_current(tmp_path: Pa
     assert picked is not None
     assert editor.batches == [4]
     assert f"Version {picked.group(1)}: “make it snowy”" in printed
+
+
+async def test_chain_compose_edits_every_turn_from_the_first_inversion(tmp_path: Path) -> None:
+    picture = write_picture(tmp_path / "cat.png")
+    editor = StandInEditor()
+    printed = await chat(
+        tmp_path / "bot.db",
+        tmp_path / "out",
+        f"/chain\n/chain sideways\n/chain compose\n/load {picture} make it snowy\nadd a hat\nat night\n",
+        editor,
+    )
+    assert "Chain mode is reinvert." in printed
+    assert "Chain mode is now compose." in printed
+    assert len(done_ids(printed)) == 3
+    assert editor.inversions == 1
+    assert [len(prior) for prior in editor.priors] == [0, 1, 2]

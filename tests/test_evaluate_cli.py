@@ -87,7 +87,7 @@ def _main_on_shipped_config(data: Path, protocol: str, out: Path, *arguments: st
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--strategy", "few_shots"], "Unknown strategy 'few_shots'; known: default, few_shot"),
+        (["--strategy", "few_shots"], "Unknown strategy 'few_shots'; known: compose, default, few_shot"),
         (["--limit", "0"], "--limit must be at least 1"),
     ],
 )

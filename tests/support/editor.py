@@ -29,6 +29,7 @@ from editor.types import (
     EditResult,
     EditSettings,
     Inversion,
+    PriorEdit,
     StepCallback,
     raise_if_cancelled,
 )
@@ -73,6 +74,8 @@ class StandInEditor:
         self.language_model_calls = 0
         #: The size of each ``edit_many`` batch, in order.
         self.batches: list[int] = []
+        #: Each edit's earlier turns (chain mode compose), in the order the edits began.
+        self.priors: list[tuple[PriorEdit, ...]] = []
         #: Instructions (tidied) in the order their edits began.
         self.started: list[str] = []
         #: Instruction -> what its edit raises (after any hold).
@@ -110,6 +113,7 @@ class StandInEditor:
         assert cancel is not None, "the worker passes a cancel event"
         checked = self.check_inputs(request)
         self.started.append(checked.instruction)
+        self.priors.append(request.prior)
         gate = self._gates.get(checked.instruction)
         while gate is not None and not gate.wait(_HOLD_POLL_S):
             raise_if_cancelled(cancel)
