@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--check", action="store_true", help="validate the config, load the models, report and exit"
     )
     parser.add_argument("--session", help="console session name (default: the config's console.session)")
+    parser.add_argument(
+        "--no-previews", action="store_true", help="console: no previews of edits forming (no paths printed)"
+    )
     parser.add_argument("--verbose", action="store_true", help="log progress details to stderr")
     return parser.parse_args(argv)
 
@@ -87,6 +90,7 @@ def _transport(app: App, args: argparse.Namespace, token: str) -> Coroutine[Any,
             outputs=app.config.storage.outputs_path,
             stdin=sys.stdin,
             stdout=sys.stdout,
+            previews=not args.no_previews,
         )
         return serve_console(app.service, chat)
     from handlers.discord.bot import run_discord  # discord.py only for the Discord transport

@@ -11,6 +11,9 @@
    so that the language model's sampling does not blur the comparison. Printed: compose /
    reinvert for wall time and UNet batch-samples. (Quality needs real weights: run
    ``python -m evaluation --strategy default --strategy compose --protocol multi``.)
+3. Previews: one edit (cached inversion, fixed captions) with previews on against off, best of
+   3 each, at the configured interval and at one preview per step (the worst case). Printed:
+   on / off wall time (the bound is 1.05).
 """
 
 from __future__ import annotations
@@ -96,6 +99,24 @@ def bench_chain(editor: Editor, base: EditRequest) -> tuple[float, float]:
     return totals["compose"][0] / totals["reinvert"][0], totals["compose"][1] / totals["reinvert"][1]
 
 
+def bench_previews(editor: Editor, base: EditRequest, interval_s: float) -> float:
+    """Wall time of an edit with previews / without, best of 3 each, at ``interval_s``."""
+    editor.config = replace(editor.config, preview_interval_s=interval_s)
+    request = replace(base, captions=(("a photo",), ("a photo with a hat",)))
+    best = {True: float("inf"), False: float("inf")}
+    shown: list[bytes] = []
+    for _ in range(3):
+        for previews in (False, True):
+            started = time.perf_counter()
+            editor.edit(replace(request, previews=previews), preview=shown.append)
+            best[previews] = min(best[previews], time.perf_counter() - started)
+    print(
+        f"previews every {interval_s:g} s: {len(shown) // 3} per edit, best {best[True]:.3f} s on, "
+        f"{best[False]:.3f} s off"
+    )
+    return best[True] / best[False]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -123,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"variations, one batch / 4 edits: wall {wall:.2f}x, UNet batch-samples {samples:.2f}x")
         wall, samples = bench_chain(editor, replace(request, seed=13))
         print(f"chain of 4, compose / reinvert: wall {wall:.2f}x, UNet batch-samples {samples:.2f}x")
+        for interval_s in (config.engine.preview_interval_s, 0.0):
+            ratio = bench_previews(editor, base, interval_s)
+            print(f"previews every {interval_s:g} s, on / off: wall {ratio:.3f}x (bound 1.05x)")
     return 0
 
 

@@ -159,6 +159,8 @@ class EngineConfig:
     compile: bool = False
     #: ``model``: the captioner and the language model leave the GPU while the UNet works.
     offload: str = "none"
+    #: At most one preview of an edit forming per this many seconds (where a channel wants them).
+    preview_interval_s: float = 3.0
     #: Where relative model paths are looked up (the config file's folder).
     base_dir: str = "."
 

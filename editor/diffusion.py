@@ -47,7 +47,7 @@ The math follows diffusers' deprecated ``StableDiffusionPix2PixZeroPipeline`` (`
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -266,6 +266,7 @@ class DiffusionModels:
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
         counter: UNetCounter | None = None,
+        on_clean: Callable[[int, int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Denoise under caption + strength x direction, each step first pulling the latents'
         cross-attention toward the reconstruction's by one gradient step of size
@@ -277,7 +278,8 @@ class DiffusionModels:
         ``[K, tokens, dim]``: K edits as one batch, each with its strength (``strengths``, by
         default ``settings.direction_strength``); the result is ``[K, ...]``. The negative
         prompt is the caller's choice; by default the caption itself (Pix2Pix-OnTheFly and
-        pix2pix-zero). Progress is reported as the ``edit`` stage.
+        pix2pix-zero). Progress is reported as the ``edit`` stage; ``on_clean(step, steps,
+        latents)`` then gets the edits' predicted clean latents (previews).
         """
         self._check_latents(inverted)
         reconstruction_embeds = self._reconstruction_embeds(
@@ -315,6 +317,8 @@ class DiffusionModels:
                     guidance_scale=settings.guidance_scale,
                 )
                 _report(callback, "edit", step, settings.steps)
+                if on_clean is not None and steps_of.clean is not None:
+                    on_clean(step, settings.steps, steps_of.clean)
         return latents
 
     def _scheduler(self, steps: int, *, inverse: bool = False) -> Any:

@@ -40,6 +40,7 @@ from editor.diffusion import DiffusionModels, UNetCounter
 from editor.direction import edit_direction
 from editor.images import check_instruction, load_image
 from editor.overrides import check_caption_overrides
+from editor.preview import LatentPreview, PreviewMaker
 from editor.types import (
     EditCounts,
     EditRequest,
@@ -47,6 +48,7 @@ from editor.types import (
     EditSettings,
     InvalidInput,
     Inversion,
+    PreviewCallback,
     StepCallback,
     raise_if_cancelled,
 )
@@ -117,6 +119,8 @@ class Editor:
         self.captioner = captioner
         self.caption_writer = caption_writer
         self.diffusion = diffusion
+        #: The latent -> RGB map of previews, fitted to this checkpoint's VAE at load.
+        self.latent_preview: LatentPreview | None = None
 
     @classmethod
     def load(cls, config: EngineConfig, defaults: EditSettings) -> Editor:
@@ -136,6 +140,7 @@ class Editor:
                 module.to("cpu")
         diffusion = DiffusionModels.from_pretrained(config.model_path("diffusion"), device, dtype)
         editor = cls(config, defaults, captioner, caption_writer, diffusion)
+        editor.latent_preview = LatentPreview.fit(diffusion)
         if config.compile:
             editor.compile()
         defaults.validate(editor.template_names)
@@ -197,9 +202,10 @@ class Editor:
         *,
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
+        preview: PreviewCallback | None = None,
     ) -> EditResult:
         """One edit: :meth:`edit_many` of one request."""
-        return self.edit_many([request], callback=callback, cancel=cancel)[0]
+        return self.edit_many([request], callback=callback, cancel=cancel, preview=preview)[0]
 
     def edit_many(
         self,
@@ -207,6 +213,7 @@ class Editor:
         *,
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
+        preview: PreviewCallback | None = None,
     ) -> list[EditResult]:
         """K edits of one image that differ in their direction (instruction, language-model seed,
         direction strength, caption overrides), on one inversion and one reconstruction with
@@ -214,7 +221,8 @@ class Editor:
 
         The first request gives what is shared (image, caption override, cached inversion, the
         inversion's seed, :data:`SHARED_SETTINGS`); the others must agree. Each result's
-        timings and UNet counts are the whole call's.
+        timings and UNet counts are the whole call's. When the first request asks for previews,
+        ``preview(png)`` gets the K edits forming, at most one per ``engine.preview_interval_s``.
         """
         run = _Run(report=callback or _ignore_progress, cancel=cancel or threading.Event())
 
@@ -267,6 +275,7 @@ class Editor:
                 callback=run.report,
                 cancel=run.cancel,
                 counter=run.counter,
+                on_clean=self._preview_maker(first, preview),
             )
 
         # 7. Decode.
@@ -281,6 +290,14 @@ class Editor:
             _result(picture, caption, item, inversion, run)
             for picture, item in zip(pictures, captions, strict=True)
         ]
+
+    def _preview_maker(self, request: EditRequest, preview: PreviewCallback | None) -> PreviewMaker | None:
+        """Previews of this edit, when its request wants them and someone is listening."""
+        if preview is None or not request.previews:
+            return None
+        if self.latent_preview is None:  # an Editor made without load(): fit on first use
+            self.latent_preview = LatentPreview.fit(self.diffusion)
+        return PreviewMaker(self.latent_preview, self.config.preview_interval_s, preview)
 
     def _check_batch(self, requests: Sequence[EditRequest]) -> list[PreparedInput]:
         """Every request's own checks, then what edits made together must share."""

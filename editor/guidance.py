@@ -76,6 +76,8 @@ class DenoisingSteps:
     probe: AttentionProbe
     counter: UNetCounter
     cancel: threading.Event | None
+    #: The guided edits' predicted clean latents after the latest step (for previews).
+    clean: torch.Tensor | None = None
 
     def reconstruct(
         self, latents: torch.Tensor, timestep: Timestep, embeds: torch.Tensor, guidance_scale: float
@@ -120,7 +122,9 @@ class DenoisingSteps:
         with torch.no_grad():
             noise = self.predict(model_input, unet_timestep, embeds, "edit")
         negative_copies = model_input.chunk(2)[0]
-        return self.scheduler.step(guide(noise, guidance_scale), step_timestep, negative_copies).prev_sample
+        stepped = self.scheduler.step(guide(noise, guidance_scale), step_timestep, negative_copies)
+        self.clean = stepped.pred_original_sample
+        return stepped.prev_sample
 
     def _pull_attention(
         self,

@@ -14,7 +14,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, MutableSequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from editor.types import WorkResult
@@ -33,6 +33,8 @@ class Progress:
     stage: str | None = None
     step: int = 0
     total: int = 0
+    #: The latest preview of the edit forming (PNG), on every running update once there is one.
+    preview: bytes | None = field(default=None, repr=False)
 
     @property
     def final(self) -> bool:

@@ -24,6 +24,8 @@ STAGES = ("caption", "invert", "captions", "reconstruct", "edit", "decode")
 
 #: ``callback(stage, step, total)``; ``step`` counts up to ``total`` within a stage (0 = started).
 StepCallback = Callable[[str, int, int], None]
+#: ``preview(png)``: a small picture of the edit forming (requests with ``previews``).
+PreviewCallback = Callable[[bytes], None]
 
 
 class InvalidInput(ValueError):
@@ -153,6 +155,7 @@ class EditRequest:
     ``caption`` overrides BLIP; ``captions`` (before, after) overrides the language model.
     ``prior`` (chain mode ``compose``): the earlier turns of a chain, whose directions are
     added to this edit's and applied with it to ``image``, the chain's first image.
+    ``previews``: hand previews of the edit forming to the caller's preview callback.
     """
 
     image: Image.Image | bytes
@@ -163,6 +166,7 @@ class EditRequest:
     caption: str | None = None
     captions: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     prior: tuple[PriorEdit, ...] = ()
+    previews: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,7 @@ class SupportsEdit(Protocol):
         *,
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
+        preview: PreviewCallback | None = None,
     ) -> EditResult: ...
 
     def edit_many(
@@ -221,4 +226,5 @@ class SupportsEdit(Protocol):
         *,
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
+        preview: PreviewCallback | None = None,
     ) -> list[EditResult]: ...

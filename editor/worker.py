@@ -319,9 +319,16 @@ class EditWorker:
             return job
 
     def _run(self, job: _Job) -> None:
+        preview: bytes | None = None
+
         def report(stage: str, step: int, total: int) -> None:
-            update = Progress(job.job_id, "running", stage=stage, step=step, total=total)
+            update = Progress(job.job_id, "running", stage=stage, step=step, total=total, preview=preview)
             self._post_many([(job.handle, update, None)])
+
+        def show(png: bytes) -> None:
+            # Carried by every later update: a reader that skips some still gets the latest.
+            nonlocal preview
+            preview = png
 
         timer = threading.Timer(self._config.job_timeout_s, self._expire, args=(job,))
         timer.daemon = True
@@ -331,9 +338,15 @@ class EditWorker:
         try:
             result: WorkResult
             if isinstance(job.request, tuple):
-                result = tuple(self._editor.edit_many(job.request, callback=report, cancel=job.cancel_event))
+                result = tuple(
+                    self._editor.edit_many(
+                        job.request, callback=report, cancel=job.cancel_event, preview=show
+                    )
+                )
             else:
-                result = self._editor.edit(job.request, callback=report, cancel=job.cancel_event)
+                result = self._editor.edit(
+                    job.request, callback=report, cancel=job.cancel_event, preview=show
+                )
         except BaseException as error:  # even SystemExit from a library fails only this job
             state, outcome = self._failure(job, error)
         else:

@@ -64,8 +64,10 @@ class ConsoleChat(SteeringCommands):
         outputs: Path,
         stdin: TextIO,
         stdout: TextIO,
+        previews: bool = True,
     ) -> None:
         self._service = service
+        self._previews = previews
         self._place = Place.console(session)
         self._author = author
         self._outputs = outputs
@@ -103,6 +105,7 @@ class ConsoleChat(SteeringCommands):
         """Chat until /quit or the end of input."""
         lines = self._lines = self._read_lines()
         self._say("Pix2Pix-OnTheFly console. Type /help for commands.")
+        self._service.update_channel_policy(self._place, previews=self._previews)
         for ticket in self._recovered:
             self._say(f"Finishing “{ticket.job.instruction}”, started before the restart…")
             await self._follow(ticket)
@@ -133,18 +136,6 @@ class ConsoleChat(SteeringCommands):
                 return
 
     # --- input ----------------------------------------------------------------------
-
-    async def _ask(self, prompt: str) -> str | None:
-        """The next line typed, after ``prompt``; None once the input has ended."""
-        assert self._lines is not None, "asked outside run()"
-        self._stdout.write(prompt)
-        self._stdout.flush()
-        line = await self._lines.get()
-        if not isinstance(line, str):
-            await self._lines.put(line)  # the end (or the error) is also for run() to see
-            return None
-        self._stdout.write("\n" if not self._stdin.isatty() else "")
-        return line.rstrip("\n")
 
     def _read_lines(self) -> asyncio.Queue[str | Exception | None]:
         """Lines from a daemon thread: a blocked read never holds up shutdown (Ctrl-C).
@@ -308,11 +299,15 @@ class ConsoleChat(SteeringCommands):
         """Print progress until the job ends, then its outcome."""
         self._say(f"Job {ticket.job_id} queued.")
         last: tuple[str | None, int] | None = None
+        preview: bytes | None = None
         async for update in ticket.progress():
             mark = _progress_mark(update)
             if mark != last:
                 last = mark
                 self._say(_progress_line(update))
+            if update.preview is not None and update.preview != preview:
+                preview = update.preview
+                self._say(f"  preview: {self._write_preview(ticket.job_id, preview)}")
         try:
             made = await ticket.result()
         except EditCancelled:

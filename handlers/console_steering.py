@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from sessions import CHAIN_MODES, Author, EditService, Place, Ticket, VariationSet, Version
 
@@ -36,12 +37,28 @@ class _Chat(Protocol):
     async def _follow(self, ticket: Ticket[Any]) -> None: ...
     async def _ask(self, prompt: str) -> str | None: ...
 
+    _lines: asyncio.Queue[str | Exception | None] | None
+    _stdin: TextIO
+    _stdout: TextIO
+
 
 class SteeringCommands:
     """``/fix``, ``/variations``, ``/pick``, ``/delete`` and ``/chain`` for ``ConsoleChat``."""
 
     #: The variations job /pick picks from: the last one shown in this chat.
     _variations_job: str | None = None
+
+    async def _ask(self: _Chat, prompt: str) -> str | None:
+        """The next line typed, after ``prompt``; None once the input has ended."""
+        assert self._lines is not None, "asked outside run()"
+        self._stdout.write(prompt)
+        self._stdout.flush()
+        line = await self._lines.get()
+        if not isinstance(line, str):
+            await self._lines.put(line)  # the end (or the error) is also for run() to see
+            return None
+        self._stdout.write("\n" if not self._stdin.isatty() else "")
+        return line.rstrip("\n")
 
     async def _fix(self: _Chat, _: str) -> bool:
         current = self._require_current()
@@ -100,6 +117,13 @@ class SteeringCommands:
         version = self._service.pick_variation(self._variations_job, int(argument), self._author)
         self._show(version, "Picked")
         return True
+
+    def _write_preview(self: _Chat, job_id: str, png: bytes) -> Path:
+        """The edit forming, written over the job's previous preview."""
+        path = self._outputs / f"preview-{job_id}.png"
+        self._outputs.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+        return path
 
     async def _chain(self: _Chat, argument: str) -> bool:
         mode = argument.strip().lower()

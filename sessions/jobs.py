@@ -196,6 +196,7 @@ class JobRunner:
             caption=spec.source_caption,
             captions=spec.captions,
             prior=spec.prior,
+            previews=spec.previews,
         )
         return variation_requests(request) if spec.job.kind == "variations" else request
 

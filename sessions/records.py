@@ -25,6 +25,8 @@ class JobSpec:
     base_version_id: str | None = None
     #: Chain mode compose: the turns from the original to the source, applied with this edit.
     prior: tuple[PriorEdit, ...] = ()
+    #: Whether the edit's place wants previews of it forming.
+    previews: bool = False
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,7 @@ _STEERING = f"""
         attempts INTEGER NOT NULL DEFAULT 0,
         captions_by TEXT NOT NULL DEFAULT 'model' CHECK (captions_by IN ('model', 'person')),
         chain TEXT NOT NULL DEFAULT 'reinvert' CHECK (chain IN ('reinvert', 'compose')),
+        previews INTEGER NOT NULL DEFAULT 0,
         CHECK (kind = 'start' OR source_version_id IS NOT NULL),
         CHECK (state <> 'done' OR result_version_id IS NOT NULL OR kind = 'variations')
     );

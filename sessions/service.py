@@ -164,6 +164,7 @@ class EditService(PlaceChoices, TreeQueries):
             seed=seed,
             input_png=_png(original),
             input_size=original.size,
+            previews=self.channel_policy(place).previews,
             reply_context=reply_context or {},
         )
         return self._jobs.submit(job)
@@ -362,9 +363,11 @@ class EditService(PlaceChoices, TreeQueries):
                 captions=edit.captions,
             )
         )
+        policy = self.channel_policy(self.place_of(source))
         job = self._store.add_job(
             kind=kind,
-            chain=self.channel_policy(self.place_of(source)).chain,
+            chain=policy.chain,
+            previews=policy.previews,
             source_version_id=source.id,
             requester=author,
             instruction=checked.instruction,

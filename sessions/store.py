@@ -134,6 +134,7 @@ class Store:
         captions: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
         captions_by: CaptionsBy = "model",
         chain: ChainMode = "reinvert",
+        previews: bool = False,
     ) -> Job:
         """Record a queued job; a start job (``place`` and ``input_png``) opens a conversation."""
         now = time.time()
@@ -179,6 +180,7 @@ class Store:
                     "reply_context": json.dumps(reply_context),
                     "captions_by": captions_by,
                     "chain": chain,
+                    "previews": previews,
                 }
             )
         job = self.get_job(job_id)
@@ -205,7 +207,7 @@ class Store:
         if job is None:
             raise KeyError(job_id)
         row = self._one(
-            "SELECT settings, seed, captions, input_image, chain FROM jobs WHERE id = ?", [job_id]
+            "SELECT settings, seed, captions, input_image, chain, previews FROM jobs WHERE id = ?", [job_id]
         )
         assert row is not None
         base: Version | None = None
@@ -230,6 +232,7 @@ class Store:
             captions=None if captions is None else (tuple(captions[0]), tuple(captions[1])),
             base_version_id=None if base is None else base.id,
             prior=prior,
+            previews=bool(row["previews"]),
         )
 
     def unfinished_jobs(self) -> list[Job]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
+import pytest
+
+from handlers.console import ConsoleChat, serve_console
 from sessions.store import Store
-from tests.support.editor import StandInEditor
-from tests.test_console import chat, done_ids, write_picture
+from tests.support.editor import StandInEditor, stand_in_app
+from tests.test_console import ANN, chat, done_ids, write_picture
 
 
 async def test_fix_shows_the_captions_then_redoes_the_edit_with_the_typed_ones(tmp_path: Path) -> None:
@@ -85,3 +89,30 @@ async def test_chain_compose_edits_every_turn_from_the_first_inversion(tmp_path:
     assert len(done_ids(printed)) == 3
     assert editor.inversions == 1
     assert [len(prior) for prior in editor.priors] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("previews", [True, False])
+async def test_previews_are_written_and_their_paths_printed_unless_switched_off(
+    tmp_path: Path, previews: bool
+) -> None:
+    database, outputs = tmp_path / "bot.db", tmp_path / "out"
+    picture = write_picture(tmp_path / "cat.png")
+    app = stand_in_app(database, StandInEditor())
+    printed = io.StringIO()
+    console = ConsoleChat(
+        app.service,
+        session="console",
+        author=ANN,
+        outputs=outputs,
+        stdin=io.StringIO(f"/load {picture} make it snowy\n"),
+        stdout=printed,
+        previews=previews,
+    )
+    try:
+        await serve_console(app.service, console)
+    finally:
+        app.close()
+    paths = re.findall(r"preview: (\S+)", printed.getvalue())
+    assert bool(paths) == previews
+    for path in paths:
+        assert Path(path).name.startswith("preview-")

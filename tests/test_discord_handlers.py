@@ -654,3 +654,21 @@ async def test_history_of_a_result_from_another_server_is_refused() -> None:
     with pytest.raises(BadRequest, match="another server"):
         await relay.history(interaction, "555555555555555555")  # type: ignore[arg-type]
     assert interaction.edits == []
+
+
+async def test_a_preview_rides_on_the_status_edits_once_per_change_and_goes_at_the_end() -> None:
+    sent: list[list[bytes] | None] = []
+
+    class WithFiles(RecordingStatus):
+        async def edit(
+            self, content: str, view: discord.ui.View | None, attachments: list[discord.File] | None = None
+        ) -> None:
+            await super().edit(content, view)
+            sent.append(None if attachments is None else [file.fp.read() for file in attachments])
+
+    updater = StatusUpdater(WithFiles(), interval=0.0)
+    for text, preview in (("a", None), ("b", b"png-1"), ("c", b"png-1"), ("c", b"png-2")):
+        updater.show(text, None, preview)
+        await asyncio.sleep(0.02)
+    await updater.finish("done")
+    assert sent == [None, [b"png-1"], None, [b"png-2"], []]

@@ -1,12 +1,14 @@
 """End to end: steering an edit in the real ``bot.py`` (tiny models) against the fake Discord.
 
-Fix captions (button -> modal -> result), Delete, requester-only buttons. The fake checks
+Fix captions (button -> modal -> result), variations (grid -> pick), previews on the status
+message, Delete, requester-only buttons. The fake checks
 Discord's limits on what the bot sends (content, components, modals, upload size).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,12 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from tests.support.discord import EPHEMERAL, FakeDiscord, buttons
+from tests.support.discord import EPHEMERAL, FakeDiscord, Record, buttons
 from tests.support.discord.bot_process import (
     BotProcess,
     is_attachment_reply,
     png_bytes,
+    replies_to,
     write_bot_config,
 )
 
@@ -67,6 +70,7 @@ async def world(tiny_config: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         tiny_config,
         folder / "bot.db",
         {
+            "engine": {"preview_interval_s": 0.0},
             "worker": {"max_queue": 10, "per_user_cap": 3},
             "discord": {"progress_interval_s": 0.3, "command_guilds": [fake.guild_id]},
         },
@@ -159,6 +163,48 @@ async def test_variations_post_one_grid_and_a_pick_becomes_a_result(world: World
     assert "Retry" in buttons(picked)
     onwards = await fake.send_message("dave", world.general, "add a hat", reply_to=picked)
     assert "“add a hat”" in (await world.reply_to(onwards))["content"]
+
+
+async def test_the_status_message_shows_the_edit_forming_unless_the_channel_says_no(world: World) -> None:
+    fake = world.fake
+    channel = fake.channels["random"]["id"]
+    await fake.slash_command("carol", channel, "settings defaults", {"steps": 16})  # long enough to watch
+    request = await fake.send_message(
+        "alice", channel, "make it purple", files=[("photo.png", png_bytes())], mention_bot=True
+    )
+    status = await fake.wait_for_message(replies_to(request["id"]), 15)
+
+    def preview_of(record: Record) -> bytes | None:
+        message = record.result or {}
+        if record.kind != "edit" or message.get("id") != status["id"] or not message["attachments"]:
+            return None
+        return fake.attachment_bytes(message["attachments"][0])
+
+    first = await fake.wait_for(lambda r: preview_of(r) is not None, RESULT_TIMEOUT)
+    first_preview = preview_of(first)
+    assert first_preview is not None
+    assert first_preview.startswith(b"\x89PNG")
+    assert (first.result or {})["attachments"][0]["filename"] == "preview.png"
+    await fake.wait_for(lambda r: preview_of(r) not in (None, first_preview), RESULT_TIMEOUT)
+    await world.reply_to(request)
+    done = await fake.wait_for_message(
+        lambda m: m["id"] == status["id"] and m["content"].startswith("✅"), RESULT_TIMEOUT, kinds=("edit",)
+    )
+    assert done["attachments"] == [], "the preview goes once the result is posted"
+    edits = [r for r in fake.records("edit") if (r.result or {}).get("id") == status["id"]]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(edits[:-1])]
+    assert all(gap >= 0.25 for gap in gaps), f"previews ride on the throttled status edits, gaps {gaps}"
+
+    await fake.slash_command("carol", channel, "settings steering", {"previews": False})
+    quiet = await fake.send_message(
+        "alice", channel, "make it teal", files=[("photo.png", png_bytes())], mention_bot=True
+    )
+    quiet_status = await fake.wait_for_message(replies_to(quiet["id"]), 15)
+    await world.reply_to(quiet)
+    assert not any(
+        (r.result or {}).get("id") == quiet_status["id"] and (r.result or {}).get("attachments")
+        for r in fake.records("edit")
+    )
 
 
 async def test_delete_is_for_the_requester_and_moderators_and_buttons_can_be_theirs_only(

@@ -170,7 +170,8 @@ class Delivery:
         view = cancel_view(job.id)
         async for progress in ticket.progress():
             if not progress.final:
-                updater.show(render.status_text(progress, job.requester_id, job.instruction), view)
+                text = render.status_text(progress, job.requester_id, job.instruction)
+                updater.show(text, view, progress.preview)
 
     async def _deliver(
         self,

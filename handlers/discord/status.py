@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import io
 import logging
 import time
 from typing import Protocol
@@ -25,11 +26,14 @@ TOKEN_LIFETIME = datetime.timedelta(minutes=14)
 
 
 class StatusMessage(Protocol):
-    """A message the bot can edit; ``view=None`` removes its buttons, a view replaces them."""
+    """A message the bot can edit; ``view=None`` removes its buttons, a view replaces them;
+    ``attachments`` (a list) replaces its files, None leaves them."""
 
     message_id: int
 
-    async def edit(self, content: str, view: discord.ui.View | None) -> None: ...
+    async def edit(
+        self, content: str, view: discord.ui.View | None, attachments: list[discord.File] | None = None
+    ) -> None: ...
 
 
 class ChannelStatus:
@@ -43,8 +47,12 @@ class ChannelStatus:
         )
         self.message_id = message_id
 
-    async def edit(self, content: str, view: discord.ui.View | None) -> None:
-        await self._message.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
+    async def edit(
+        self, content: str, view: discord.ui.View | None, attachments: list[discord.File] | None = None
+    ) -> None:
+        await self._message.edit(
+            content=content, view=view, allowed_mentions=NO_MENTIONS, attachments=_files(attachments)
+        )
 
 
 class InteractionStatus:
@@ -55,13 +63,25 @@ class InteractionStatus:
         self._fallback = fallback
         self.message_id = message_id
 
-    async def edit(self, content: str, view: discord.ui.View | None) -> None:
+    async def edit(
+        self, content: str, view: discord.ui.View | None, attachments: list[discord.File] | None = None
+    ) -> None:
         if discord.utils.utcnow() - self._interaction.created_at < TOKEN_LIFETIME:
-            await self._interaction.edit_original_response(
-                content=content, view=view, allowed_mentions=NO_MENTIONS
-            )
+            if attachments is None:
+                await self._interaction.edit_original_response(
+                    content=content, view=view, allowed_mentions=NO_MENTIONS
+                )
+            else:
+                await self._interaction.edit_original_response(
+                    content=content, view=view, allowed_mentions=NO_MENTIONS, attachments=attachments
+                )
         else:
-            await self._fallback.edit(content, view)
+            await self._fallback.edit(content, view, attachments)
+
+
+def _files(attachments: list[discord.File] | None) -> list[discord.File]:
+    """discord.py leaves a message's files as they are when given MISSING."""
+    return discord.utils.MISSING if attachments is None else attachments
 
 
 def _view_key(view: discord.ui.View | None) -> tuple[str, ...]:
@@ -74,7 +94,9 @@ class StatusUpdater:
     def __init__(self, message: StatusMessage, interval: float) -> None:
         self._message = message
         self._interval = interval
-        self._latest: tuple[str, discord.ui.View | None] | None = None
+        self._latest: tuple[str, discord.ui.View | None, bytes | None] | None = None
+        #: The preview shown now (its bytes), so an unchanged one is not uploaded again.
+        self._sent_preview: bytes | None = None
         self._sent_text: str | None = None
         self._sent_view: tuple[str, ...] | None = None
         self._sent_at = float("-inf")
@@ -82,20 +104,21 @@ class StatusUpdater:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
-    def show(self, text: str, view: discord.ui.View | None) -> None:
-        """Make ``text`` (with ``view``'s buttons) the next thing shown; returns at once."""
-        self._latest = (text, view)
+    def show(self, text: str, view: discord.ui.View | None, preview: bytes | None = None) -> None:
+        """Make ``text`` (with ``view``'s buttons and the ``preview`` PNG, if any) the next thing
+        shown; returns at once. The preview rides on the same rate-limited edits."""
+        self._latest = (text, view, preview)
         self._wake.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"status-{self._message.message_id}")
 
     async def finish(self, text: str) -> None:
-        """Stop updating and show ``text`` without buttons, right away."""
+        """Stop updating and show ``text`` without buttons or preview, right away."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._latest = (text, None)
+        self._latest = (text, None, None)
         await self._send_latest()
 
     async def _run(self) -> None:
@@ -111,16 +134,23 @@ class StatusUpdater:
         async with self._lock:
             if self._latest is None:
                 return
-            text, view = self._latest
+            text, view, preview = self._latest
             view_key = _view_key(view)
-            if text == self._sent_text and view_key == self._sent_view:
+            new_preview = preview != self._sent_preview
+            if text == self._sent_text and view_key == self._sent_view and not new_preview:
                 return
+            files = None
+            if new_preview:  # a new picture, or none any more
+                files = [] if preview is None else [discord.File(io.BytesIO(preview), "preview.png")]
             try:
-                await self._message.edit(text, view)
+                if files is None:
+                    await self._message.edit(text, view)
+                else:
+                    await self._message.edit(text, view, files)
             except Exception as error:
                 # A lost status edit is not worth failing the job: the next one or the result follows.
                 # Not only Discord's refusals: a dropped connection (aiohttp) must not end the
                 # updater, or the job's final text would never be shown.
                 log.warning("could not edit status message %s: %r", self._message.message_id, error)
-            self._sent_text, self._sent_view = text, view_key
+            self._sent_text, self._sent_view, self._sent_preview = text, view_key, preview
             self._sent_at = time.monotonic()

@@ -11,6 +11,7 @@ job that waits) or spin (``busy_s``, a job that holds the GIL like Python-heavy 
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from editor.types import (
     EditResult,
     EditSettings,
     Inversion,
+    PreviewCallback,
     PriorEdit,
     StepCallback,
     raise_if_cancelled,
@@ -107,6 +109,7 @@ class StandInEditor:
         *,
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
+        preview: PreviewCallback | None = None,
     ) -> EditResult:
         # The worker always passes both; a stand-in that tolerated their absence would hide a bug.
         assert callback is not None, "the worker passes a progress callback"
@@ -124,6 +127,8 @@ class StandInEditor:
             raise_if_cancelled(cancel)
             self._work_one_step()
             callback("edit", step, self.steps)
+            if preview is not None and request.previews:
+                preview(_preview_png(checked.image, step / self.steps))
         if request.captions is not None:
             before, after = request.captions
         else:
@@ -148,10 +153,11 @@ class StandInEditor:
         *,
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
+        preview: PreviewCallback | None = None,
     ) -> list[EditResult]:
         """K edits of one image, as the engine makes them: one caption and one inversion for all."""
         self.batches.append(len(requests))
-        first = self.edit(requests[0], callback=callback, cancel=cancel)
+        first = self.edit(requests[0], callback=callback, cancel=cancel, preview=preview)
         rest = [
             self.edit(
                 replace(r, inversion=first.inversion, caption=first.caption), callback=callback, cancel=cancel
@@ -184,6 +190,13 @@ class StandInEditor:
         deadline = time.perf_counter() + self.busy_s
         while time.perf_counter() < deadline:  # holds the GIL, as Python-heavy work does
             pass
+
+
+def _preview_png(image: Image.Image, done: float) -> bytes:
+    """A preview that changes as the edit goes on: the image darkened by the share left to do."""
+    buffer = io.BytesIO()
+    Image.blend(Image.new("RGB", image.size), image, done).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def stand_in_app(database: Path, editor: StandInEditor, *, per_user_cap: int = 3) -> App:
