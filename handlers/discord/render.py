@@ -204,9 +204,11 @@ def help_text(message_content: bool) -> str:
             "from any result; nothing is overwritten. Reply `undo` to get the previous version back.",
             "• **Buttons:** Undo, Retry (new seed), Stronger, Subtler, Captions (how I read your "
             "instruction, shown only to you), Fix captions (correct how I read it and redo the edit), "
-            "Delete (the requester or a moderator). Cancel stops a waiting or running edit.",
+            "Variations (4 alternatives in one grid; press a number to keep one), Delete (the requester "
+            "or a moderator). Cancel stops a waiting or running edit.",
             "• `/history` shows the lineage of a result; `/settings` (Manage Server) sets channel "
-            "defaults, edit channels and the safety check.",
+            "defaults, edit channels, the safety check and `steering` (who may press buttons, "
+            "previews, and chains: `compose` keeps long chains sharp).",
             "Write instructions like *make it snowy*, *turn the cat into a dog*, *in watercolor*.",
         ]
     )
