@@ -152,6 +152,7 @@ async def test_upload_with_instruction_gets_status_then_result(world: World) -> 
         "Subtler",
         "Captions",
         "Fix captions",
+        "Variations",
         "Delete",
     }
     assert result["attachments"][0]["filename"].endswith(".png")
