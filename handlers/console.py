@@ -105,7 +105,8 @@ class ConsoleChat(SteeringCommands):
         """Chat until /quit or the end of input."""
         lines = self._lines = self._read_lines()
         self._say("Pix2Pix-OnTheFly console. Type /help for commands.")
-        self._service.update_channel_policy(self._place, previews=self._previews)
+        if self._service.channel_policy(self._place).previews != self._previews:
+            self._service.update_channel_policy(self._place, previews=self._previews)
         for ticket in self._recovered:
             self._say(f"Finishing “{ticket.job.instruction}”, started before the restart…")
             await self._follow(ticket)

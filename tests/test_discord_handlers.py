@@ -203,7 +203,9 @@ class RecordingStatus:
         self.edits: list[tuple[str, tuple[str, ...] | None]] = []
         self.fail = fail
 
-    async def edit(self, content: str, view: discord.ui.View | None) -> None:
+    async def edit(
+        self, content: str, view: discord.ui.View | None, attachments: list[discord.File] | None = None
+    ) -> None:
         self.edits.append((content, None if view is None else tuple(i.custom_id for i in view.children)))  # type: ignore[attr-defined]
         if self.fail:
             raise discord.HTTPException(_Response(500), "boom")

@@ -215,6 +215,7 @@ async def test_a_cancel_that_comes_after_the_editors_last_check_still_cancels(ma
             *,
             callback: StepCallback | None = None,
             cancel: threading.Event | None = None,
+            preview: object = None,
         ) -> EditResult:
             decoding.set()
             assert cancelled.wait(5)  # e.g. the VAE decode after the last step: no cancel check
