@@ -24,12 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import io
 import logging
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
+from editor.config import LimitsConfig
+from editor.images import load_original
 from editor.progress import JobHandle, Progress
 from editor.types import EditCancelled, EditRequest, EditResult, EditSettings, Inversion, Work, WorkResult
 from editor.worker import EditFailed, EditWorker, WorkerRejected, WorkerStopped
@@ -86,7 +90,7 @@ class JobRunner:
     """Queues the store's jobs on the worker and records their outcomes; use it from one event loop.
 
     ``inversion_key(settings)`` names the cached inversion an edit with those settings can reuse;
-    ``models`` (role -> model id) goes into each result's provenance.
+    ``models`` (role -> model id) goes into each result's provenance; ``limits`` bound uploads.
     """
 
     def __init__(
@@ -95,9 +99,11 @@ class JobRunner:
         worker: EditWorker,
         inversion_key: Callable[[EditSettings], str],
         models: Mapping[str, str],
+        limits: LimitsConfig,
     ) -> None:
         self._store = store
         self._models = dict(models)
+        self._limits = limits
         self._worker = worker
         self._inversion_key = inversion_key
         #: The task following each job that is in the worker or whose result is being saved.
@@ -236,7 +242,7 @@ class JobRunner:
                 await watcher
             if ahead is not None:
                 await ahead
-            outcome.set_result(await self._record(job.id, result, request))
+            outcome.set_result(await self._record(job, result, request))
         except WorkerStopped:
             self._store.requeue(job.id, refund_attempt=True)
             outcome.set_exception(Postponed(POSTPONED_MESSAGE))
@@ -256,15 +262,20 @@ class JobRunner:
             if self._last_in_line.get(job.conversation_id) is done_here:
                 del self._last_in_line[job.conversation_id]
 
-    async def _record(self, job_id: str, result: WorkResult, request: Work) -> Version | VariationSet:
-        """Encode the result off the loop, then write it: a version, or a job's alternatives."""
+    async def _record(self, job: Job, result: WorkResult, request: Work) -> Version | VariationSet:
+        """Encode the result (and a start job's upload) off the loop, then write it: a version,
+        or a job's alternatives."""
         if isinstance(result, tuple):
             assert isinstance(request, tuple)
             made, inversion = await asyncio.to_thread(_variations_made, result, request, self._models)
-            return self._store.variations.record(job_id, made, inversion, time.time())
+            return self._store.variations.record(job.id, made, inversion, time.time())
         assert isinstance(request, EditRequest)
         edit = await asyncio.to_thread(_edit_outcome, result, request, self._models)
-        return self._store.record_result(job_id, edit)
+        if job.kind == "start":
+            assert isinstance(request.image, bytes)  # a start job's upload, as stored
+            original = await asyncio.to_thread(_original, request.image, self._limits)
+            edit = dataclasses.replace(edit, original=original)
+        return self._store.record_result(job.id, edit)
 
     async def _mark_when_running(self, job_id: str, updates: AsyncIterator[Progress]) -> None:
         """Record the start of the run (and count the attempt) when the worker takes the job."""
@@ -306,6 +317,14 @@ def _edit_outcome(result: EditResult, request: EditRequest, models: Mapping[str,
         inversion=result.inversion.to_bytes() if inverted_now else None,
         inversion_key=result.inversion.key,
     )
+
+
+def _original(upload: bytes, limits: LimitsConfig) -> tuple[bytes, int, int]:
+    """The upload as posted (upright RGB, full size) as PNG, with its size."""
+    image = load_original(upload, limits)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue(), image.width, image.height
 
 
 def _variations_made(

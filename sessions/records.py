@@ -43,6 +43,9 @@ class EditOutcome:
     #: The serialised inversion of the input image, to cache for the source version.
     inversion: bytes | None
     inversion_key: str
+    #: A start job's upload as posted, normalised off the event loop: (PNG, width, height).
+    #: Without it the original is the job's input image as stored.
+    original: tuple[bytes, int, int] | None = None
 
 
 def prior_edit(version: Version) -> PriorEdit:

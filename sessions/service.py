@@ -26,7 +26,6 @@ from typing import Any, Protocol
 from PIL import Image
 
 from editor.config import LimitsConfig
-from editor.images import load_original
 from editor.overrides import tidy_captions
 from editor.types import EditRequest, EditSettings, InvalidInput
 from editor.worker import EditWorker
@@ -89,12 +88,6 @@ def _new_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 class EditService(PlaceChoices, TreeQueries):
     """Conversations as edit trees over one store, one edit worker and the editor it runs.
 
@@ -108,7 +101,7 @@ class EditService(PlaceChoices, TreeQueries):
         super().__init__(store, editor.defaults, editor.template_names)
         self._worker = worker
         self._editor = editor
-        self._jobs = JobRunner(store, worker, editor.inversion_key, editor.model_ids)
+        self._jobs = JobRunner(store, worker, editor.inversion_key, editor.model_ids, editor.limits)
         self._listeners: list[Listener] = []
 
     @property
@@ -152,9 +145,10 @@ class EditService(PlaceChoices, TreeQueries):
         settings = self.channel_settings(place)
         seed = _new_seed()
         checked = self._check(EditRequest(image=image, instruction=instruction, settings=settings, seed=seed))
-        # The original is kept as posted (the engine resizes it for each edit), so the root,
-        # /history and an undo to it show what the person sent.
-        original = load_original(image, self.limits)
+        # The upload is kept as posted (the engine resizes it for each edit), so the root, /history
+        # and an undo to it show what the person sent; it becomes a PNG off the loop, when recorded.
+        with Image.open(io.BytesIO(image)) as header:
+            size = header.size
         job = self._store.add_job(
             kind="start",
             place=place,
@@ -162,8 +156,8 @@ class EditService(PlaceChoices, TreeQueries):
             instruction=checked.instruction,
             settings=settings,
             seed=seed,
-            input_png=_png(original),
-            input_size=original.size,
+            input_png=image,
+            input_size=size,
             previews=self.channel_policy(place).previews,
             reply_context=reply_context or {},
         )

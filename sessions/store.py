@@ -293,13 +293,15 @@ class Store:
             if row is None or row["state"] not in ("queued", "running"):
                 raise ValueError(f"job {job_id!r} is not waiting for a result")
             if row["kind"] == "start":
+                stored = (row["input_image"], row["input_width"], row["input_height"])
+                image, width, height = outcome.original or stored
                 source_id = self._insert_version(
                     row,
                     now,
                     parent_id=None,
-                    image=row["input_image"],
-                    width=row["input_width"],
-                    height=row["input_height"],
+                    image=image,
+                    width=width,
+                    height=height,
                     image_caption=outcome.caption,
                 )
             else:
