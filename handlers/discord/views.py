@@ -31,9 +31,6 @@ ACTIONS = {
     "variations": ("Variations", discord.ButtonStyle.secondary),
     "delete": ("Delete", discord.ButtonStyle.danger),
 }
-#: Discord's limits on a modal: its title and each text input's label.
-MAX_MODAL_TITLE = 45
-MAX_LABEL = 45
 
 
 class ViewActions(Protocol):
