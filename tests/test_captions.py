@@ -1,4 +1,5 @@
-"""The language-model step: prompts, the tolerant parser, retries, fallback and cancellation."""
+"""The language-model step: prompts, budget, retries, fallback and cancellation (the parser has
+its own module, ``test_caption_parser.py``)."""
 
 from __future__ import annotations
 
@@ -9,276 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from editor.captions import (
-    AFTER_HEADING,
+from editor.caption_parser import (
     BEFORE_HEADING,
-    MAX_CAPTION_CHARS,
-    SHIPPED_TEMPLATES,
-    CaptionWriter,
-    CausalLanguageModel,
-    Generation,
-    answer_start,
-    build_prompt,
-    clean_caption,
-    format_list,
-    load_templates,
     parse_captions,
 )
+from editor.captions import SHIPPED_TEMPLATES, CaptionWriter, Generation, build_prompt, load_templates
 from editor.config import LanguageModelConfig, engine_config, load_yaml
+from editor.language_model import CausalLanguageModel
 from editor.types import EditCancelled, EditSettings, InvalidInput
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 CAPTION = "a cat sitting on a table"
 INSTRUCTION = "turn the cat into a dog"
-
-# ---------------------------------------------------------------- parser: well-formed
-
-
-def _answer(before: list[str], after: list[str], lock: bool = True) -> str:
-    """The answer's start (as the prompt ends) plus a model continuation in the usual layout."""
-    start = answer_start(CAPTION if lock else None)
-    body = "".join(f"{index}. {caption}\n" for index, caption in enumerate(before, 2 if lock else 1))
-    return start + body + "\n" + format_list(AFTER_HEADING, tuple(after))
-
-
-def test_parses_the_prompt_layout_with_the_locked_caption_first() -> None:
-    text = _answer(["a cat on a wooden table"], ["a dog sitting on a table", "a dog on a wooden table"])
-    assert parse_captions(text, 2) == (
-        (CAPTION, "a cat on a wooden table"),
-        ("a dog sitting on a table", "a dog on a wooden table"),
-    )
-
-
-def test_parses_without_the_lock() -> None:
-    text = _answer(["a cat", "a kitten"], ["a dog", "a puppy"], lock=False)
-    assert parse_captions(text, 2) == (("a cat", "a kitten"), ("a dog", "a puppy"))
-
-
-WELL_FORMED = {
-    "markdown bold headings": (
-        "**Before transformation:**\n1. a red car\n2. a red car parked\n\n"
-        "**After transformation:**\n1. a blue car\n2. a blue car parked\n"
-    ),
-    "markdown hash headings, bullets": (
-        "## Before transformation\n- a red car\n- a red car parked\n"
-        "## After Transformation\n- a blue car\n- a blue car parked\n"
-    ),
-    "short headings, parentheses": (
-        "Before:\n1) a red car\n2) a red car parked\nAfter:\n(1) a blue car\n(2) a blue car parked"
-    ),
-    "upper case, stars and dots": (
-        "BEFORE TRANSFORMATION:\n* a red car\n• a red car parked\n"
-        "AFTER TRANSFORMATION:\n*   a blue car\n•a blue car parked\n"
-    ),
-    "plain lines, captions heading": (
-        "Captions before transformation (2):\na red car\na red car parked\n"
-        "Captions after transformation (2):\na blue car\na blue car parked\n"
-    ),
-    "quotes and bold numbers": (
-        'Before transformation:\n**1.** "a red car"\n2. “a red car parked”\n'
-        "After transformation:\n1. 'a blue car'\n2. `a blue car parked`\n"
-    ),
-    "junk and blank lines": (
-        "Sure! Here you go.\n```\nBefore transformation:\n\n1. a red car\n---\n2. a red car parked\n\n\n"
-        "After transformation:\n...\n1. a blue car\n3.\n2. a blue car parked\n```\n"
-    ),
-    "inline first items": (
-        "Before: a red car\n2. a red car parked\nAfter transformation: a blue car\n2. a blue car parked\n"
-    ),
-    "text after the after-list": (
-        "Before transformation:\n1. a red car\n2. a red car parked\nAfter transformation:\n"
-        "1. a blue car\n2. a blue car parked\n3. a green car\n\nInstruction: make it night\n"
-        "Before transformation:\n1. a city\n"
-    ),
-    "more before captions than asked": (
-        "Before transformation:\n1. a red car\n2. a red car parked\n3. a red car again\n"
-        "After transformation:\n1. a blue car\n2. a blue car parked\n"
-    ),
-    "windows line ends": (
-        "Before transformation:\r\n1. a red car\r\n2. a red car parked\r\n"
-        "After transformation:\r\n1. a blue car\r\n2. a blue car parked"
-    ),
-}
-
-
-@pytest.mark.parametrize("text", WELL_FORMED.values(), ids=WELL_FORMED.keys())
-def test_tolerates_the_many_ways_models_format_lists(text: str) -> None:
-    assert parse_captions(text, 2) == (("a red car", "a red car parked"), ("a blue car", "a blue car parked"))
-
-
-def test_a_caption_starting_with_after_is_not_a_heading() -> None:
-    text = "Before transformation:\n1. a wet street\nAfter transformation:\nAfter the rain, a wet street\n"
-    assert parse_captions(text, 1) == (("a wet street",), ("After the rain, a wet street",))
-
-
-def test_numbered_lines_are_captions_even_when_they_look_like_headings() -> None:
-    text = "Before:\n1. After: sunset over a lake\nAfter:\n1. Instruction: manual on a desk\n"
-    assert parse_captions(text, 1) == (("After: sunset over a lake",), ("Instruction: manual on a desk",))
-
-
-def test_quotes_inside_a_caption_are_kept() -> None:
-    text = "Before:\n1. 'a' and 'b'\n2. \"stop\" and \"go\"\nAfter:\n1. 'a bus'\n2. a car\n"
-    assert parse_captions(text, 2) == (("'a' and 'b'", '"stop" and "go"'), ("a bus", "a car"))
-
-
-def test_duplicates_are_kept_in_order() -> None:
-    text = "Before:\n1. a car\n2. a car\nAfter:\n1. a bus\n2. a car\n"
-    assert parse_captions(text, 2) == (("a car", "a car"), ("a bus", "a car"))
-
-
-def test_long_captions_are_cut_at_a_word_boundary() -> None:
-    long_caption = "a very " + "long " * 200 + "caption"
-    text = f"Before:\n1. {long_caption}\nAfter:\n1. a bus\n"
-    parsed = parse_captions(text, 1)
-    assert parsed is not None
-    before = parsed[0][0]
-    assert len(before) <= MAX_CAPTION_CHARS
-    assert long_caption.startswith(before)
-    assert before.endswith("long")
-
-
-# ---------------------------------------------------------------- parser: hostile
-
-HOSTILE = {
-    "empty": "",
-    "no headings": "1. a red car\n2. a red car parked\n1. a blue car\n2. a blue car parked\n",
-    "only the before list": "Before transformation:\n1. a red car\n2. a red car parked\n",
-    "too few after captions": "Before:\n1. a red car\n2. a red car parked\nAfter:\n1. a blue car\n",
-    "after list first": "After:\n1. a blue car\n2. a blue car parked\nBefore:\n1. a red car\n2. a red car\n",
-    "next example before the after list": (
-        "Before:\n1. a red car\n2. a red car parked\nInstruction: make it blue\nAfter:\n1. a\n2. b\n"
-    ),
-    "before heading repeated": (
-        "Before:\n1. a red car\nBefore:\n1. a red car parked\nAfter:\n1. a blue car\n2. a blue car\n"
-    ),
-    "numbers without captions": "Before:\n1.\n2.\nAfter:\n1.\n2.\n",
-    "punctuation only": "Before:\n- ...\n- ???\nAfter:\n- !!!\n- ---\n",
-    "noise": "p*Ri}HH{Ure+L@[X?Cj=Zfvmk8k&E\nQ(DID#}\x00\ufffd" * 50,
-}
-
-
-@pytest.mark.parametrize("text", HOSTILE.values(), ids=HOSTILE.keys())
-def test_malformed_answers_give_none(text: str) -> None:
-    assert parse_captions(text, 2) is None
-
-
-# ---------------------------------------------------------------- parser: properties
-
-_BEFORE = st.sampled_from(["Before transformation:", "**Before:**", "before", "BEFORE: a cat", "## Before"])
-_AFTER = st.sampled_from(["After transformation:", "**After:**", "after", "AFTER: a dog", "## After"])
-_MARKERS = st.sampled_from(["", "1. ", "2) ", "(3) ", "- ", "* ", "• ", "**1.** ", '"', "1."])
-_WORDS = st.sampled_from(
-    ["a dog", "a cat on a mat", "x" * 300, "After the rain", "...", "Instruction: add a hat"]
-)
-_ITEM = st.tuples(_MARKERS, st.one_of(_WORDS, st.text(max_size=30))).map("".join)
-_JUNK = st.one_of(
-    st.sampled_from(["", "---", "Instruction: add a hat", "# Example", "\r", "::"]), st.text(max_size=30)
-)
-_ANY_LINE = st.one_of(_ITEM, _BEFORE, _AFTER, _JUNK)
-_BODY = st.lists(st.one_of(_ITEM, _ITEM, _ITEM, _JUNK), max_size=8)
-
-
-def _joined(*parts: st.SearchStrategy) -> st.SearchStrategy[str]:
-    def join(groups: tuple) -> str:
-        return "\n".join(line for group in groups for line in ([group] if isinstance(group, str) else group))
-
-    return st.tuples(*parts).map(join)
-
-
-#: Continuations shaped like model answers (lists, headings, labels) with arbitrary noise mixed in.
-CONTINUATION = st.one_of(
-    _joined(_BODY, _AFTER, _BODY, st.lists(_ANY_LINE, max_size=4)),
-    st.lists(_ANY_LINE, max_size=10).map("\n".join),
-    st.text(max_size=200),
-)
-NOISY_TEXT = st.one_of(_joined(_BODY, _BEFORE, CONTINUATION), CONTINUATION)
-#: Captions that look like headings or labels are still captions when they are list items.
-_TRICKY_CAPTIONS = [
-    "After: sunset over a lake",
-    "Instruction: manual on a desk",
-    "Before the storm",
-    "# a sign",
-]
-CAPTIONS = (
-    st.one_of(st.sampled_from(_TRICKY_CAPTIONS), st.text(min_size=1, max_size=120))
-    .map(clean_caption)
-    .filter(lambda c: any(x.isalnum() for x in c))
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(NOISY_TEXT, st.integers(1, 5))
-def test_parser_never_raises_and_any_result_has_exactly_n(text: str, n: int) -> None:
-    parsed = parse_captions(text, n)
-    if parsed is not None:
-        before, after = parsed
-        assert len(before) == n
-        assert len(after) == n
-        for caption in before + after:
-            assert caption == clean_caption(caption)
-            assert any(character.isalnum() for character in caption)
-            assert "\n" not in caption
-            assert len(caption) <= MAX_CAPTION_CHARS
-
-
-_NUMBERS = st.sampled_from(["{}. ", "{}) ", "({}) ", "**{}.** "])
-_SKIPPED = st.sampled_from(["", "---", "...", "```", "  ", "**"])
-
-
-@st.composite
-def _answers(draw: st.DrawFn) -> tuple[str, int, list[str], list[str]]:
-    """A model answer with at least n numbered captions per list, skippable junk between lines
-    and anything at all after the after-list; returns (text, n, before, after)."""
-    n = draw(st.integers(1, 5))
-
-    def numbered_list(heading: str) -> tuple[list[str], list[str]]:
-        captions = draw(st.lists(CAPTIONS, min_size=n, max_size=n + 2))
-        lines = [heading]
-        for index, caption in enumerate(captions, 1):
-            lines += draw(st.lists(_SKIPPED, max_size=2))
-            lines.append(draw(_NUMBERS).format(index) + caption)
-        return lines, captions
-
-    before_lines, before = numbered_list(draw(_BEFORE.filter(lambda h: ":" not in h or h.endswith(":"))))
-    after_lines, after = numbered_list(draw(_AFTER.filter(lambda h: ":" not in h or h.endswith(":"))))
-    preamble = draw(st.lists(st.one_of(_SKIPPED, st.just("Sure, here are the captions.")), max_size=2))
-    text = "\n".join(preamble + before_lines + after_lines) + "\n" + draw(NOISY_TEXT)
-    return text, n, before[:n], after[:n]
-
-
-@settings(max_examples=150, deadline=None)
-@given(_answers())
-def test_answers_with_enough_captions_give_exactly_the_first_n(answer: tuple[str, int, list, list]) -> None:
-    text, n, before, after = answer
-    assert parse_captions(text, n) == (tuple(before), tuple(after))
-
-
-@settings(max_examples=200, deadline=None)
-@given(CAPTIONS, CONTINUATION, st.integers(1, 4))
-def test_locked_caption_is_always_first(caption: str, generated: str, n: int) -> None:
-    parsed = parse_captions(answer_start(caption) + generated, n)
-    assert parsed is None or parsed[0][0] == caption
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.integers(1, 6).flatmap(lambda n: st.tuples(st.lists(CAPTIONS, min_size=n, max_size=n), st.just(n))))
-def test_formatted_captions_parse_back(captions_and_n: tuple[list[str], int]) -> None:
-    captions, n = captions_and_n
-    before, after = tuple(captions), tuple(reversed(captions))
-    text = format_list(BEFORE_HEADING, before) + "\n" + format_list(AFTER_HEADING, after)
-    assert parse_captions(text, n) == (before, after)
-
-
-def test_cleaning_is_idempotent_on_examples() -> None:
-    for messy in ['  1.  "a cat"  ', "**- a dog**", "(3) ‘a bird’", "•• a fish"]:
-        once = clean_caption(messy)
-        assert once == clean_caption(once)
-        assert once in ("a cat", "a dog", "a bird", "a fish")
-
 
 # ---------------------------------------------------------------- prompts and templates
 
@@ -345,7 +90,13 @@ class ScriptedModel:
         self.done_results: list[bool] = []
 
     def __call__(
-        self, prompt: str, *, seed: int, done: Callable[[str], bool], cancel: threading.Event | None
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        max_new_tokens: int,
+        done: Callable[[str], bool],
+        cancel: threading.Event | None,
     ) -> Generation:
         self.seeds.append(seed)
         self.prompts.append(prompt)
@@ -353,7 +104,10 @@ class ScriptedModel:
             self.on_call()
         text = self.outputs.pop(0)
         self.done_results.append(done(text))
-        return Generation(text=text, tokens=len(text.split()), truncated=self.truncated)
+        return Generation(text=text, tokens=self.count_tokens(text), truncated=self.truncated)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
 
 
 GOOD = (
@@ -468,8 +222,13 @@ def test_tiny_phi_noise_falls_back_after_every_attempt(
     assert torch.equal(torch.get_rng_state(), rng_state)  # seeded sampling leaves global RNG alone
     assert result.used_fallback
     assert result.generate_calls == tiny_lm_config.max_attempts
-    assert 0 < result.tokens <= tiny_lm_config.max_attempts * tiny_lm_config.max_new_tokens
+    budget = tiny_writer.budget(SETTINGS.num_captions, SETTINGS.caption_lock)
+    assert 0 < result.tokens <= tiny_lm_config.max_attempts * budget
     assert result.before == (CAPTION,)
+
+
+#: New tokens allowed in the direct calls of the tiny Phi below.
+BUDGET = 12
 
 
 def _prompt() -> str:
@@ -478,7 +237,9 @@ def _prompt() -> str:
 
 def test_tiny_phi_sampling_is_reproducible_per_seed(tiny_writer: CaptionWriter) -> None:
     model = tiny_writer.generate_text
-    first, again, other = (model(_prompt(), seed=s, done=lambda _: False, cancel=None) for s in (1, 1, 2))
+    first, again, other = (
+        model(_prompt(), seed=s, max_new_tokens=BUDGET, done=lambda _: False, cancel=None) for s in (1, 1, 2)
+    )
     assert first == again
     assert first.text != other.text
 
@@ -507,15 +268,17 @@ def test_generation_stops_when_the_answer_is_complete(tiny_writer: CaptionWriter
         return len(seen) == 3
 
     with _only_newlines(model):
-        stopped = model(_prompt(), seed=0, done=done, cancel=None)
-        budget = model(_prompt(), seed=0, done=lambda _: False, cancel=None)
+        stopped = model(_prompt(), seed=0, max_new_tokens=BUDGET, done=done, cancel=None)
+        budget = model(_prompt(), seed=0, max_new_tokens=BUDGET, done=lambda _: False, cancel=None)
     assert (stopped.tokens, stopped.truncated) == (3, False)
     assert seen == ["\n", "\n\n", "\n\n\n"]
-    assert (budget.tokens, budget.truncated) == (tiny_writer.lm.max_new_tokens, True)
+    assert (budget.tokens, budget.truncated) == (BUDGET, True)
 
 
 def test_generation_stops_on_cancel(tiny_writer: CaptionWriter) -> None:
     cancel = threading.Event()
     cancel.set()
-    generation = tiny_writer.generate_text(_prompt(), seed=0, done=lambda _: False, cancel=cancel)
+    generation = tiny_writer.generate_text(
+        _prompt(), seed=0, max_new_tokens=BUDGET, done=lambda _: False, cancel=cancel
+    )
     assert generation.tokens == 1
