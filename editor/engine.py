@@ -8,6 +8,12 @@
 6. reconstruct, recording cross-attention, then edit guided by those maps;
 7. decode the latents to an image.
 
+Every caption is measured in the text encoder's tokens and shortened at a word boundary
+when it would not fit (the encoder would drop the tail silently); the result's ``notes``
+say so, and say when the language model's captions were the fallback. An edit whose
+before and after captions are the same within that limit is refused: it would change
+nothing.
+
 The models are loaded once and shared by every edit; the worker thread is the only
 caller, so the engine holds no locks of its own.
 """
@@ -27,11 +33,12 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from editor.caption_parser import same_captions
 from editor.captioner import Captioner
 from editor.captions import CaptionWriter
 from editor.config import EngineConfig, LimitsConfig, resolve_path
 from editor.diffusion import DiffusionModels, UNetCounter
-from editor.direction import edit_direction
+from editor.direction import ClipTokenLimit, edit_direction
 from editor.images import check_instruction, load_image
 from editor.types import (
     EditCounts,
@@ -84,13 +91,14 @@ class Editor:
         self.captioner = captioner
         self.caption_writer = caption_writer
         self.diffusion = diffusion
+        self.token_limit = ClipTokenLimit(diffusion.tokenizer)
 
     @classmethod
     def load(cls, config: EngineConfig, defaults: EditSettings) -> Editor:
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)
         log.info("loading models on %s (%s)", device, str(dtype).removeprefix("torch."))
-        captioner = Captioner.from_pretrained(config.model_path("captioner"), device, dtype)
+        captioner = Captioner.from_pretrained(config.model_path("captioner"), device, dtype, config.captioner)
         language_model = config.language_model
         if language_model.templates_dir:
             folder = resolve_path(config.base_dir, language_model.templates_dir)
@@ -135,8 +143,8 @@ class Editor:
             raise InvalidInput("A caption override must not be empty.")
         if request.captions is not None:
             before, after = request.captions
-            if not before or not after or not all(isinstance(c, str) and c.strip() for c in before + after):
-                raise InvalidInput("Caption overrides need at least one non-empty before and after caption.")
+            if not after or not all(isinstance(c, str) and c.strip() for c in before + after):
+                raise InvalidInput("Caption overrides need at least one non-empty after caption.")
         instruction = check_instruction(request.instruction, self.limits)
         image = load_image(request.image, self.limits, self.config.resolution)
         return PreparedInput(image=image, instruction=instruction, settings=request.settings)
@@ -152,6 +160,7 @@ class Editor:
         report = callback or _ignore_progress
         timings: dict[str, float] = {}
         counter = UNetCounter()
+        notes: list[str] = []
 
         # 1. Check inputs.
         prepared = self.check_inputs(request)
@@ -172,6 +181,7 @@ class Editor:
                 report("caption", 0, 1)
                 caption = self.captioner.caption(prepared.image)
                 report("caption", 1, 1)
+        caption = self._fit(caption, "image caption", notes)
 
         # 3. Invert the image under its caption.
         caption_embeds = self.diffusion.encode_prompt([caption])
@@ -197,18 +207,32 @@ class Editor:
         lm_calls = lm_tokens = 0
         used_fallback = False
         if request.captions is not None:
-            before, after = (tuple(c.strip() for c in group) for group in request.captions)
+            # An empty before-list stands for the image's caption (the paper's evaluation oracle).
+            before = tuple(self._fit(c.strip(), "before caption", notes) for c in request.captions[0])
+            after = tuple(self._fit(c.strip(), "after caption", notes) for c in request.captions[1])
+            before = before or (caption,)
         else:
             with self._timed(timings, "captions"):
                 report("captions", 0, 1)
                 written = self.caption_writer.write(
-                    prepared.instruction, caption, settings, request.seed, cancel=cancel
+                    prepared.instruction,
+                    caption,
+                    settings,
+                    request.seed,
+                    cancel=cancel,
+                    limit=self.token_limit,
                 )
                 report("captions", 1, 1)
             before, after = written.before, written.after
             lm_calls, lm_tokens, used_fallback = written.generate_calls, written.tokens, written.used_fallback
+            notes.extend(_caption_notes(written.used_fallback, written.generate_calls, written.shortened))
 
         # 5. Edit direction in CLIP text-embedding space.
+        if same_captions(before, after):
+            raise InvalidInput(
+                "The before and after captions are the same within the text encoder's "
+                f"{self.token_limit.limit} tokens, so the edit would change nothing."
+            )
         with self._timed(timings, "direction"):
             direction = edit_direction(
                 self.diffusion.encode_prompt(list(before)), self.diffusion.encode_prompt(list(after))
@@ -249,7 +273,20 @@ class Editor:
             timings=timings,
             counts=counts,
             used_fallback_captions=used_fallback,
+            notes=tuple(notes),
         )
+
+    def _fit(self, caption: str, what: str, notes: list[str]) -> str:
+        """``caption`` shortened at a word boundary to the text encoder's limit, noting it."""
+        fitted = self.token_limit.shorten(caption)
+        limit = self.token_limit.limit
+        if fitted is None:
+            raise InvalidInput(
+                f"The {what} cannot be shortened to {limit} text-encoder tokens at a word boundary."
+            )
+        if fitted != caption:
+            notes.append(f"The {what} was shortened to the text encoder's {limit} tokens: “{fitted}”.")
+        return fitted
 
     def _usable_inversion(self, request: EditRequest, key: str, latents: torch.Tensor) -> Inversion | None:
         """The request's cached inversion if it was made for this model, settings and size."""
@@ -259,7 +296,10 @@ class Editor:
         if cached.key != key or tuple(cached.latents.shape) != tuple(latents.shape):
             log.info("cached inversion does not match this edit (settings or size changed); inverting again")
             return None
-        if request.caption is not None and request.caption.strip() != cached.caption:
+        if (
+            request.caption is not None
+            and self.token_limit.shorten(request.caption.strip()) != cached.caption
+        ):
             return None
         return cached
 
@@ -272,6 +312,20 @@ class Editor:
             if self.diffusion.device.type == "cuda":
                 torch.cuda.synchronize(self.diffusion.device)
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _caption_notes(used_fallback: bool, attempts: int, shortened: int) -> list[str]:
+    """What the user should know about the language model's captions."""
+    notes = []
+    if used_fallback:
+        notes.append(
+            f"The language model gave no usable captions in {attempts} "
+            f"{'try' if attempts == 1 else 'tries'}; the edit used the fallback: before = the image "
+            "caption, after = the caption with the instruction appended."
+        )
+    if shortened:
+        notes.append(f"{shortened} of the language model's captions were shortened to fit the text encoder.")
+    return notes
 
 
 def _ignore_progress(stage: str, step: int, total: int) -> None:
