@@ -10,12 +10,15 @@ when not given them).
 The math follows diffusers' deprecated ``StableDiffusionPix2PixZeroPipeline`` (``invert`` then
 ``__call__``), which ``tests/test_diffusion.py`` checks we match. Intended differences:
 
-1. The auto-correlation roll is drawn from ``1..n//2``, never 0 (a roll of 0 turns the loss
-   into "shrink the noise"; fixed upstream in pix2pix-zero in 2024, still in diffusers).
-   ``allow_zero_roll=True`` draws ``0..n//2-1`` like the reference, for the equivalence test.
-2. The roll bound and the pyramid's stop (side <= 8) use the shorter latent side; the
-   reference uses the height for both, which for wide images can roll the width by a whole
-   period (0 again) or pool it below one pixel. Square images are unaffected.
+1. The auto-correlation roll follows pix2pix-zero's fixed rule by default, ``1..h//2-1``
+   (a roll of 0 turns the loss into "shrink the noise"; fixed upstream in 2024, still in
+   diffusers); ``InversionConfig.roll = "diffusers"`` draws ``0..h//2-1`` like diffusers.
+   Both take the bound from the height and stop the pyramid at height <= 8, like the
+   references; the pyramid also stops before the width would be pooled below one pixel,
+   where the references fail.
+2. ``InversionConfig.schedule`` picks the inverse DDIM schedule: diffusers'
+   ``DDIMInverseScheduler`` (default), or pix2pix-zero's own (the paper's code), which runs
+   the N-2 inner timesteps and takes alpha at ``t - 1`` (:class:`Pix2PixZeroInverseSchedule`).
 3. The direction is applied at any guidance scale, 1 included: both classifier-free halves
    (negative, caption + direction) always run, and ``uncond + g * (cond - uncond)`` is the
    directed half at ``g = 1``. The reference runs no unconditional half at ``g <= 1`` and so
@@ -49,16 +52,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from editor.config import InversionConfig
+from editor.config import ROLL_RULES, InversionConfig
 from editor.types import EditSettings, InvalidInput, StepCallback, raise_if_cancelled
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.models.attention_processor import Attention
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from PIL import Image
     from transformers import CLIPTextModel, CLIPTokenizer
 
-#: The auto-correlation pyramid stops once the shorter side is this small (pix2pix-zero: 8x8).
+#: The auto-correlation pyramid stops once the height is this small (pix2pix-zero: 8x8).
 PYRAMID_MIN_SIDE = 8
 
 
@@ -91,17 +95,18 @@ class CrossAttentionMaps:
     per_step: tuple[Mapping[str, torch.Tensor], ...]
 
 
-def draw_roll(size: int, generator: torch.Generator, *, allow_zero_roll: bool = False) -> int:
-    """A random shift for the auto-correlation loss along a side of ``size``.
+def draw_roll(size: int, generator: torch.Generator, rule: str = "pix2pix_zero") -> int:
+    """A random shift for the auto-correlation loss, bounded by a side of ``size``.
 
-    Ours is in ``1..size//2``, so never a multiple of ``size`` (which would compare the noise
-    with itself). ``allow_zero_roll`` reproduces the reference's ``0..size//2-1``.
+    ``pix2pix_zero``: ``1..size//2-1``, never 0 (which would compare the noise with itself).
+    ``diffusers``: ``0..size//2-1``, replaying diffusers' ``torch.randint(size // 2)``.
     """
-    if allow_zero_roll:
-        return int(torch.randint(size // 2, (1,), generator=generator).item())
-    if size < 2:
-        raise ValueError(f"cannot roll a side of {size} by a nonzero amount")
-    return int(torch.randint(1, size // 2 + 1, (1,), generator=generator).item())
+    if rule not in ROLL_RULES:
+        raise ValueError(f"unknown roll rule {rule!r}; known: {', '.join(ROLL_RULES)}")
+    low = 1 if rule == "pix2pix_zero" else 0
+    if size // 2 <= low:
+        raise ValueError(f"cannot draw a {rule} roll for a side of {size}")
+    return int(torch.randint(low, size // 2, (1,), generator=generator).item())
 
 
 def _roll_each(maps: torch.Tensor, shifts: torch.Tensor, dim: int) -> torch.Tensor:
@@ -114,22 +119,21 @@ def _roll_each(maps: torch.Tensor, shifts: torch.Tensor, dim: int) -> torch.Tens
 
 
 def auto_correlation_loss(
-    noise: torch.Tensor, generator: torch.Generator, *, allow_zero_roll: bool = False
+    noise: torch.Tensor, generator: torch.Generator, rule: str = "pix2pix_zero"
 ) -> torch.Tensor:
     """pix2pix-zero's auto-correlation penalty over an average-pooled pyramid of each channel.
 
-    Each channel at each level is multiplied by itself rolled along height and along width;
-    the squared means are summed. Shifts are drawn in the reference's order (sample, channel,
-    level) so its random stream can be replayed; all channels are computed at once.
+    Each channel at each level is multiplied by itself rolled along height and along width
+    by one shift drawn from the level's height; the squared means are summed. The pyramid
+    halves until the height is at most 8 (or the width could not be halved). Shifts are
+    drawn in the reference's order (sample, channel, level) so its random stream can be
+    replayed; all channels are computed at once.
     """
     batch, channels, height, width = noise.shape
     levels: list[tuple[int, int]] = [(height, width)]
-    while min(levels[-1]) > PYRAMID_MIN_SIDE:
+    while levels[-1][0] > PYRAMID_MIN_SIDE and levels[-1][1] >= 2:
         levels.append((levels[-1][0] // 2, levels[-1][1] // 2))
-    draws = [
-        [draw_roll(min(level_size), generator, allow_zero_roll=allow_zero_roll) for level_size in levels]
-        for _ in range(batch * channels)
-    ]
+    draws = [[draw_roll(level[0], generator, rule) for level in levels] for _ in range(batch * channels)]
     maps = noise.reshape(batch * channels, height, width)
     loss = noise.new_zeros(())
     for level in range(len(levels)):
@@ -226,6 +230,41 @@ def _check_probe_supports(name: str, attn: Attention) -> None:
         raise ValueError(f"cross-attention layer {name} uses features the attention probe does not support")
 
 
+class Pix2PixZeroInverseSchedule:
+    """pix2pix-zero's own inverse DDIM schedule, which the paper's code inverts with.
+
+    Of the sampler's N ascending timesteps ``k * (1000 // N) + steps_offset`` it runs the
+    N-2 inner ones (``timesteps.flip(0)[1:-1]``), and each step moves the latent from alpha
+    at ``t - 1`` to alpha at ``t - 1 + 1000 // N``: the image latent is taken as already at
+    the first inner step. diffusers' ``DDIMInverseScheduler`` instead runs all N steps, from
+    alpha 1 up to the edit's first timestep. Epsilon-predicting models only, as there.
+    """
+
+    def __init__(self, scheduler_config: Mapping[str, Any], steps: int, device: torch.device) -> None:
+        from diffusers import DDIMScheduler
+
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a whole number of at least 1, got {steps!r}")
+        sampler = DDIMScheduler.from_config(scheduler_config)
+        if sampler.config.prediction_type != "epsilon":
+            raise ValueError("pix2pix-zero's inverse schedule supports epsilon-predicting models only")
+        self.config = sampler.config
+        self.stride = sampler.config.num_train_timesteps // steps
+        self.alphas_cumprod = sampler.alphas_cumprod.to(device)
+        ascending = torch.arange(steps, device=device) * self.stride + sampler.config.steps_offset
+        self.timesteps = ascending[1:-1]
+
+    def step(self, noise: torch.Tensor, timestep: torch.Tensor, latents: torch.Tensor) -> DDIMSchedulerOutput:
+        """One DDIM step up the schedule: from alpha at ``t - 1`` to ``t - 1 + stride``."""
+        from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+
+        alpha = self.alphas_cumprod[int(timestep) - 1]
+        alpha_next = self.alphas_cumprod[int(timestep) - 1 + self.stride]
+        original = (latents - (1 - alpha).sqrt() * noise) / alpha.sqrt()
+        prev_sample = alpha_next.sqrt() * original + (1 - alpha_next).sqrt() * noise
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=original)
+
+
 class DiffusionModels:
     """The Stable Diffusion parts pix2pix-zero needs, loaded once and shared by every edit.
 
@@ -320,7 +359,6 @@ class DiffusionModels:
         steps: int,
         config: InversionConfig,
         generator: torch.Generator,
-        allow_zero_roll: bool = False,
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
         counter: UNetCounter | None = None,
@@ -328,8 +366,9 @@ class DiffusionModels:
         """DDIM-invert image latents under their caption (guidance 1), regularising the noise.
 
         At each step the predicted noise takes ``config.regularisation_steps`` rounds of
-        gradient steps on the auto-correlation loss (one per roll) and on the KL loss; only
-        that noise tensor gets gradients. ``generator`` (a CPU generator) draws the rolls.
+        gradient steps on the auto-correlation loss (one per roll, drawn by ``config.roll``)
+        and on the KL loss; only that noise tensor gets gradients. ``generator`` (a CPU
+        generator) draws the rolls; ``config.schedule`` picks the inverse schedule.
         Returns float32 noise shaped like ``latents``.
         """
         self._check_latents(latents)
@@ -337,9 +376,13 @@ class DiffusionModels:
         if generator.device.type != "cpu":
             raise ValueError("invert draws its rolls with a CPU torch.Generator")
         counter = UNetCounter() if counter is None else counter
-        scheduler = self._scheduler(steps, inverse=True)
+        if config.schedule == "pix2pix_zero":
+            scheduler = Pix2PixZeroInverseSchedule(self.scheduler_config, steps, self.device)
+        else:
+            scheduler = self._scheduler(steps, inverse=True)
         embeds = caption_embeds.to(self.device, self.dtype)
         latents = latents.to(self.device, torch.float32)
+        total = len(scheduler.timesteps)
         for step, timestep in enumerate(scheduler.timesteps, start=1):
             raise_if_cancelled(cancel)
             with torch.no_grad():
@@ -351,11 +394,10 @@ class DiffusionModels:
                 scheduler=scheduler,
                 config=config,
                 generator=generator,
-                allow_zero_roll=allow_zero_roll,
                 cancel=cancel,
             )
             latents = scheduler.step(noise, timestep, latents).prev_sample
-            _report(callback, "invert", step, steps)
+            _report(callback, "invert", step, total)
         return latents
 
     def reconstruct(
@@ -507,7 +549,6 @@ class DiffusionModels:
         scheduler: Any,
         config: InversionConfig,
         generator: torch.Generator,
-        allow_zero_roll: bool,
         cancel: threading.Event | None,
     ) -> torch.Tensor:
         """pix2pix-zero's gradient steps on the predicted noise toward i.i.d. N(0, 1)."""
@@ -519,7 +560,7 @@ class DiffusionModels:
             return grad
 
         def auto_correlation(epsilon: torch.Tensor) -> torch.Tensor:
-            return auto_correlation_loss(epsilon, generator, allow_zero_roll=allow_zero_roll)
+            return auto_correlation_loss(epsilon, generator, config.roll)
 
         with torch.enable_grad():
             for _ in range(config.regularisation_steps):
@@ -588,8 +629,8 @@ class DiffusionModels:
         channels = self.unet.config.in_channels
         if latents.ndim != 4 or latents.shape[0] != 1 or latents.shape[1] != channels:
             raise ValueError(f"expected latents of shape [1, {channels}, h, w], got {list(latents.shape)}")
-        if min(latents.shape[2:]) < 2:
-            side = 2 * self.vae_scale_factor
+        if min(latents.shape[2:]) < 4:  # the auto-correlation roll needs a height of 4
+            side = 4 * self.vae_scale_factor
             raise InvalidInput(f"This image is too thin to edit: each side must be at least {side} pixels.")
 
     def _check_embeds(self, name: str, embeds: torch.Tensor) -> None:
