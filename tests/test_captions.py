@@ -3,6 +3,7 @@ its own module, ``test_caption_parser.py``)."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from editor.caption_parser import (
+    AFTER_HEADING,
     BEFORE_HEADING,
     parse_captions,
 )
@@ -282,3 +284,128 @@ def test_generation_stops_on_cancel(tiny_writer: CaptionWriter) -> None:
         _prompt(), seed=0, max_new_tokens=BUDGET, done=lambda _: False, cancel=cancel
     )
     assert generation.tokens == 1
+
+
+# ---------------------------------------------------------------- the budget at N = 1, 5, 10, 16
+
+_PIECE = re.compile(r"[^\S\n]*(?:\n|\w+|[^\w\s])")
+#: A caption of the few-shot examples' length (13 words), varied per item and side.
+_CAPTION_WORDS = "a wooden cabin beside a calm lake with green pine trees in {season} light number {k}"
+
+
+class BudgetedModel:
+    """Writes a well-formed answer piece by piece (one piece ~ one BPE token: a word, a mark or a
+    line end), checks ``done`` at each line end like ``CausalLanguageModel`` and stops at the budget."""
+
+    def __init__(self, n: int) -> None:
+        before = "".join(f"{k}. {_CAPTION_WORDS.format(season='summer', k=k)}\n" for k in range(2, n + 1))
+        after = "".join(f"{k}. {_CAPTION_WORDS.format(season='winter', k=k)}\n" for k in range(1, n + 1))
+        self.answer = f"{before}\n{AFTER_HEADING}\n{after}\nInstruction: make it night\n"
+        self.budgets: list[int] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(_PIECE.findall(text))
+
+    def __call__(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        max_new_tokens: int,
+        done: Callable[[str], bool],
+        cancel: threading.Event | None,
+    ) -> Generation:
+        self.budgets.append(max_new_tokens)
+        text = ""
+        for count, piece in enumerate(_PIECE.findall(self.answer)[:max_new_tokens], 1):
+            text += piece
+            if piece.endswith("\n") and done(text):
+                return Generation(text=text, tokens=count, truncated=False)
+        return Generation(text=text, tokens=self.count_tokens(text), truncated=True)
+
+
+#: The budget every attempt had before it was derived from N.
+OLD_FIXED_BUDGET = 256
+
+
+@pytest.mark.parametrize("n", [1, 5, 10, 16])
+@pytest.mark.parametrize("template", ["few_shot", "zero_shot"])
+def test_well_formed_answers_fit_the_budget_at_any_n(n: int, template: str) -> None:
+    model = BudgetedModel(n)
+    settings = EditSettings(num_captions=n, template=template)
+    result = _writer(model, LanguageModelConfig()).write(
+        INSTRUCTION, "a wooden cabin by a lake", settings, seed=0
+    )
+    assert not result.used_fallback
+    assert result.generate_calls == 1
+    assert (len(result.before), len(result.after)) == (n, n)
+    assert result.after[-1] == _CAPTION_WORDS.format(season="winter", k=n)
+    # The fixed budget this replaces could not hold the answers from N=10 on: the fallback every time.
+    needed = model.count_tokens(model.answer.split("\nInstruction")[0])
+    assert result.tokens == needed <= model.budgets[0]
+    assert (needed > OLD_FIXED_BUDGET) == (n >= 10)
+
+
+def test_the_budget_grows_with_n_and_shrinks_with_the_lock() -> None:
+    writer = _writer(BudgetedModel(1), LanguageModelConfig(caption_tokens=20))
+    budgets = [writer.budget(n, lock=True) for n in (1, 5, 10, 16)]
+    assert budgets == sorted(budgets)
+    assert writer.budget(16, lock=True) - writer.budget(15, lock=True) >= 2 * 20
+    assert writer.budget(5, lock=False) - writer.budget(5, lock=True) >= 20
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_few_shot_examples_show_n_captions_a_side(n: int) -> None:
+    template = load_templates(SHIPPED_TEMPLATES)["few_shot"]
+    prompt = build_prompt(template, INSTRUCTION, CAPTION, n, lock=True)
+    examples = prompt.split("Instruction:")[1:-1]
+    shown = min(n, 5)  # the shipped examples have five captions a side
+    for example in examples:
+        assert parse_captions(example, shown) is not None
+        assert parse_captions(example, shown + 1) is None
+    assert f"exactly {n} captions" in prompt
+
+
+def test_the_fallback_is_reported_and_keeps_the_instruction_whole() -> None:
+    class WordLimit:
+        """A text encoder that reads 12 words."""
+
+        limit = 12
+
+        def count(self, text: str) -> int:
+            return len(text.split())
+
+        def shorten(self, text: str, limit: int | None = None) -> str | None:
+            words = text.split()[: self.limit if limit is None else limit]
+            return " ".join(words) or None
+
+    caption = "a long caption of a wooden cabin beside a calm lake with pine trees"
+    result = _writer(ScriptedModel("nope", "nope", "nope")).write(
+        INSTRUCTION, caption, SETTINGS, seed=0, limit=WordLimit()
+    )
+    assert result.used_fallback
+    (before,), (after,) = result.before, result.after
+    assert after == f"{before}, {INSTRUCTION}"
+    assert len(after.split()) <= 12
+    assert caption.startswith(before)
+
+
+def test_lists_equal_once_fitted_to_the_encoder_are_retried() -> None:
+    class FirstWords:
+        limit = 3
+
+        def count(self, text: str) -> int:
+            return len(text.split())
+
+        def shorten(self, text: str, limit: int | None = None) -> str | None:
+            return " ".join(text.split()[:3])
+
+    same_start = (
+        "2. a cat sitting near a window\nAfter transformation:\n1. a cat sitting in snow\n"
+        "2. a cat sitting on a chair\n"
+    )
+    model = ScriptedModel(same_start, GOOD)
+    result = _writer(model).write(INSTRUCTION, CAPTION, SETTINGS, seed=0, limit=FirstWords())
+    assert (result.used_fallback, result.generate_calls) == (False, 2)
+    assert result.before == ("a cat sitting", "a cat on")
+    assert result.shortened == 4
