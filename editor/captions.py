@@ -147,10 +147,11 @@ def fit_captions(captions: tuple[str, ...], limit: TokenLimit | None) -> tuple[t
     """The captions shortened to the text encoder's limit and how many were; None if one cannot be."""
     if limit is None:
         return captions, 0
-    fitted = tuple(limit.shorten(caption) for caption in captions)
-    if any(caption is None for caption in fitted):
+    fitted = [limit.shorten(caption) for caption in captions]
+    kept = tuple(caption for caption in fitted if caption is not None)
+    if len(kept) < len(captions):
         return None
-    return fitted, sum(a != b for a, b in zip(captions, fitted, strict=True))  # type: ignore[return-value]
+    return kept, sum(a != b for a, b in zip(captions, kept, strict=True))
 
 
 def fallback_captions(
