@@ -286,10 +286,10 @@ class CaptionWriter:
         """The parsed lists fitted to ``limit``, with the count shortened; None to try again."""
         if parsed is None:
             return None
-        fitted = [fit_captions(side, limit) for side in parsed]
-        if fitted[0] is None or fitted[1] is None:
+        fitted_before, fitted_after = (fit_captions(side, limit) for side in parsed)
+        if fitted_before is None or fitted_after is None:
             return None
-        (before, cut_before), (after, cut_after) = fitted
+        (before, cut_before), (after, cut_after) = fitted_before, fitted_after
         if same_captions(before, after):
             return None
         return (before, after), cut_before + cut_after

@@ -176,7 +176,7 @@ def test_each_stage_matches_diffusers_on_non_square_latents(
     inverted = _invert(models, latents, DIFFUSERS_INVERSION)
     maps = models.reconstruct(expected_inverted, caption, steps=STEPS, guidance_scale=SETTINGS.guidance_scale)
     direction = (after.mean(0) - before.mean(0))[None]
-    edited = models.guided_edit(expected_inverted, maps, caption, direction, settings=SETTINGS)
+    edited = models.edit(expected_inverted, caption, direction, settings=SETTINGS, reference=maps)
 
     torch.testing.assert_close(inverted, expected_inverted, rtol=0, atol=STAGE_ATOL)
     for timestep, step_maps in zip(maps.timesteps, maps.per_step, strict=True):
@@ -186,9 +186,8 @@ def test_each_stage_matches_diffusers_on_non_square_latents(
                 probs, expected_maps[name].reference_cross_attn_map[timestep], rtol=0, atol=STAGE_ATOL
             )
     torch.testing.assert_close(edited, expected_edited, rtol=0, atol=EDIT_ATOL)
-    unguided = models.guided_edit(
-        expected_inverted, maps, caption, direction, settings=SETTINGS.replace(cross_attention_guidance=0.0)
-    )
+    unguided_settings = SETTINGS.replace(cross_attention_guidance=0.0)
+    unguided = models.edit(expected_inverted, caption, direction, settings=unguided_settings, reference=maps)
     assert (unguided - expected_edited).abs().max() > 2 * EDIT_ATOL
 
 
