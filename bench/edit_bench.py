@@ -7,6 +7,9 @@ Weight values do not change speed, so random full-size models give real timings 
 download. Printed: per-stage wall time, UNet forwards and batch-samples, UNet backwards, LM
 tokens and ``generate`` calls, peak memory; then ratios ours / reference, and the ratio of
 an edit from a cached inversion to a fresh one (which must make no inversion UNet call).
+Then the cuts: batch-samples per stage in units of N (fresh target 6N, the reference 7N),
+the bytes of attention maps held at once (one step of one half, against all N steps of both
+halves for a two-pass edit), and ``edit_many`` throughput for K = 1, 2, 4 relative to K = 1.
 
 The reference (``StableDiffusionPix2PixZeroPipeline``) has no language model and no BLIP
 step of its own in this comparison: it is given our caption and our before/after captions,
@@ -34,9 +37,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from editor.diffusion import DiffusionModels
+from editor.diffusion import DiffusionModels, UNetCounter
+from editor.direction import edit_direction
 from editor.engine import Editor
-from editor.types import EditRequest, EditResult
+from editor.types import EditRequest, EditResult, EditSettings
 from sessions.config import load_config
 
 
@@ -94,8 +98,11 @@ def measure_ours(editor: Editor, request: EditRequest, memory: PeakMemory) -> tu
     return measured, result
 
 
-def reference_pipeline(models: DiffusionModels, diffusion_path: str) -> Any:
-    """The deprecated reference on its own UNet copy: it rewires the UNet it is given.
+def reference_pipeline(
+    models: DiffusionModels, diffusion_path: str, unet: torch.nn.Module | None = None
+) -> Any:
+    """The deprecated reference, by default on its own UNet copy: it rewires the UNet it is given
+    (pass the editor's own only when the editor will not edit again).
 
     It shares ``models``' VAE, text encoder, tokenizer and scheduler settings, so that only
     the method differs (``tests/test_diffusion.py`` compares against it too).
@@ -107,7 +114,8 @@ def reference_pipeline(models: DiffusionModels, diffusion_path: str) -> Any:
         UNet2DConditionModel,
     )
 
-    unet = UNet2DConditionModel.from_pretrained(diffusion_path, subfolder="unet", dtype=models.dtype)
+    if unet is None:
+        unet = UNet2DConditionModel.from_pretrained(diffusion_path, subfolder="unet", dtype=models.dtype)
     # Any: mypy resolves diffusers' lazy exports to its dummy classes, which have no methods.
     pipeline: Any = StableDiffusionPix2PixZeroPipeline(
         vae=models.vae,
@@ -161,9 +169,16 @@ class ReferenceCounter:
 
 
 def measure_reference(
-    editor: Editor, pipeline: Any, result: EditResult, image: Image.Image, *, seed: int, memory: PeakMemory
+    editor: Editor,
+    pipeline: Any,
+    result: EditResult,
+    image: Image.Image,
+    *,
+    seed: int,
+    memory: PeakMemory,
+    settings: EditSettings | None = None,
 ) -> Measured:
-    settings = editor.defaults
+    settings = settings or editor.defaults
     models = editor.diffusion
     counter = ReferenceCounter(pipeline.unet, settings.steps)
     caption = models.encode_prompt([result.caption]).to(models.dtype)
@@ -255,6 +270,81 @@ def print_report(ours: Measured, cached: Measured, reference: Measured, steps: i
     )
 
 
+def measure_maps(editor: Editor, result: EditResult, settings: EditSettings) -> tuple[int, int]:
+    """Peak bytes of attention maps held: a two-pass edit as the reference runs it (all steps,
+    both halves), against ours (interleaved, one step of one half)."""
+    models = editor.diffusion
+    caption = models.encode_prompt([result.caption])
+    direction = edit_direction(
+        models.encode_prompt(list(result.before_captions)), models.encode_prompt(list(result.after_captions))
+    )
+    two_pass, interleaved = UNetCounter(), UNetCounter()
+    latents = result.inversion.latents
+    models.reconstruct(
+        latents,
+        caption,
+        steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        fold_equal_halves=False,
+        counter=two_pass,
+    )
+    models.edit(latents, caption, direction, settings=settings, counter=interleaved)
+    return two_pass.peak_map_bytes, interleaved.peak_map_bytes
+
+
+def variations(request: EditRequest, count: int) -> list[EditRequest]:
+    """``count`` edits of one image differing in direction: their own after-captions and strengths
+    (caption overrides: the language model runs once per edit either way, batched or not)."""
+    strengths = [1.0 + 0.25 * k for k in range(count)]
+    return [
+        replace(
+            request,
+            seed=request.seed + k,
+            captions=(("a photo",), (f"a photo, variation {k}",)),
+            settings=request.settings.replace(direction_strength=strengths[k]),
+        )
+        for k in range(count)
+    ]
+
+
+def measure_many(
+    editor: Editor, request: EditRequest, ks: list[int], memory: PeakMemory
+) -> list[tuple[int, float, float]]:
+    """``(K, wall seconds, peak MiB)`` of one ``edit_many`` call per K, fresh (BLIP and inversion
+    included, once per call)."""
+    rows = []
+    for count in ks:
+        memory.reset()
+        started = time.perf_counter()
+        editor.edit_many(variations(request, count))
+        rows.append((count, time.perf_counter() - started, memory.read_mib()))
+    return rows
+
+
+def print_cuts(
+    ours: Measured,
+    cached: Measured,
+    reference: Measured,
+    steps: int,
+    *,
+    maps: tuple[int, int],
+    many: list[tuple[int, float, float]],
+) -> None:
+    print("\nbatch-samples per stage, in units of N (fresh target 6N; the reference 7N)")
+    for name, measured in (("ours fresh", ours), ("ours cached", cached), ("reference", reference)):
+        stages = ", ".join(f"{stage} {bs / steps:g}N" for stage, bs in measured.batch_samples.items())
+        print(f"  {name:<12} {sum(measured.batch_samples.values()) / steps:g}N  ({stages})")
+    two_pass, interleaved = maps
+    print(
+        f"\nattention maps held at once: two-pass (N steps, both halves) {two_pass / 2**20:.2f} MiB, "
+        f"ours (one step, one half) {interleaved / 2**20:.3f} MiB = {interleaved / two_pass:.4f}x"
+    )
+    base = many[0][1] / many[0][0]
+    print("\nedit_many, fresh, caption overrides: K, wall s, edits/s, relative to K=1, peak MiB")
+    for count, wall, peak in many:
+        print(f"  K={count:<3}{wall:>8.2f}{count / wall:>9.2f}{base * count / wall:>8.2f}x{peak:>10.0f}")
+
+
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -267,8 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="DDIM steps (default 10 tiny, 50 full)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--models", type=Path, help="reuse a folder written by an earlier run")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (tiny models: 1 is steadiest)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.models or Path(scratch)
@@ -298,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         prepared = editor.check_inputs(request).image
         pipeline = reference_pipeline(editor.diffusion, editor.config.model_path("diffusion"))
         reference = measure_reference(editor, pipeline, result, prepared, seed=args.seed, memory=memory)
+        maps = measure_maps(editor, result, defaults)
+        many = measure_many(editor, request, [1, 2, 4], memory)
         print_report(ours, cached, reference, defaults.steps)
+        print_cuts(ours, cached, reference, defaults.steps, maps=maps, many=many)
     return 0
 
 

@@ -183,6 +183,10 @@ class EngineConfig:
     language_model: LanguageModelConfig = field(default_factory=LanguageModelConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: ``torch.compile`` the UNet (channels-last), TF32 for the float32 VAE, a static KV cache for the LM.
+    compile: bool = False
+    #: ``model``: the captioner and the language model leave the GPU while the UNet works.
+    offload: str = "none"
     #: Where relative model paths are looked up (the config file's folder).
     base_dir: str = "."
 
@@ -193,6 +197,8 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
         if self.resolution < 64 or self.resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8, at least 64, got {self.resolution}")
+        if self.offload not in ("none", "model"):
+            raise ValueError(f"offload must be none or model, got {self.offload!r}")
 
     def model_path(self, name: str) -> str:
         return resolve_model(self.base_dir, getattr(self.models, name))

@@ -1,12 +1,14 @@
-"""Pix2Pix-OnTheFly: one edit, top to bottom, in numbered steps.
+"""Pix2Pix-OnTheFly: one edit, or K edits of one image, top to bottom, in numbered steps.
 
 1. check the inputs (image, instruction, settings) and prepare the image;
 2. caption the image with BLIP (skipped when the caller or a cached inversion knows it);
-3. DDIM-invert the image under its caption (skipped with a matching cached inversion);
-4. ask the language model for before/after captions (skipped with caller overrides);
-5. turn them into an edit direction in CLIP text-embedding space;
-6. reconstruct, recording cross-attention, then edit guided by those maps;
-7. decode the latents to an image.
+3. DDIM-invert the image under its caption (skipped with a matching cached inversion, and
+   with it the VAE encode: only the latents' shape is needed);
+4. ask the language model for before/after captions, per edit (skipped with caller overrides);
+5. turn them into an edit direction per edit in CLIP text-embedding space;
+6. reconstruct (recording cross-attention) and edit guided by those maps, step by step, the
+   K guided passes as one batch;
+7. decode the latents to images.
 
 Every caption is measured in the text encoder's tokens and shortened at a word boundary
 when it would not fit (the encoder would drop the tail silently); the result's ``notes``
@@ -15,7 +17,9 @@ before and after captions are the same within that limit is refused: it would ch
 nothing.
 
 The models are loaded once and shared by every edit; the worker thread is the only
-caller, so the engine holds no locks of its own.
+caller, so the engine holds no locks of its own. ``engine.offload: model`` keeps the
+captioner and the language model in host memory except during their own stage, so they
+never sit on the GPU while the UNet works; ``engine.compile: true`` compiles the UNet.
 """
 
 from __future__ import annotations
@@ -26,20 +30,22 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from editor.caption_parser import same_captions
 from editor.captioner import Captioner
-from editor.captions import CaptionWriter
+from editor.captions import CaptionSet, CaptionWriter
 from editor.config import EngineConfig, LimitsConfig, resolve_path
 from editor.diffusion import DiffusionModels, UNetCounter
 from editor.direction import ClipTokenLimit, edit_direction
 from editor.images import check_instruction, load_image
+from editor.language_model import CausalLanguageModel
 from editor.types import (
     EditCounts,
     EditRequest,
@@ -50,6 +56,9 @@ from editor.types import (
     StepCallback,
     raise_if_cancelled,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,33 @@ class PreparedInput:
     image: Image.Image
     instruction: str
     settings: EditSettings
+
+
+#: Settings the shared inversion and reconstruction depend on: edits made together share them.
+SHARED_SETTINGS = ("steps", "guidance_scale", "cross_attention_guidance")
+
+
+@dataclass
+class _Run:
+    """What every stage of one ``edit_many`` call shares."""
+
+    report: StepCallback
+    cancel: threading.Event
+    timings: dict[str, float] = field(default_factory=dict)
+    counter: UNetCounter = field(default_factory=UNetCounter)
+    #: Notes every result carries (the image caption's fitting).
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Captions:
+    """One edit's before and after captions, and what the language model spent on them."""
+
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    written: CaptionSet | None = None
+    #: What the user should know about these captions (shortened, fallback).
+    notes: tuple[str, ...] = ()
 
 
 class Editor:
@@ -106,8 +142,13 @@ class Editor:
         caption_writer = CaptionWriter.from_pretrained(
             config.model_path("language_model"), device, dtype, language_model
         )
+        if config.offload == "model":  # before the UNet arrives: a small card holds both only briefly
+            for module in _offloaded_modules(captioner, caption_writer):
+                module.to("cpu")
         diffusion = DiffusionModels.from_pretrained(config.model_path("diffusion"), device, dtype)
         editor = cls(config, defaults, captioner, caption_writer, diffusion)
+        if config.compile:
+            editor.compile()
         defaults.validate(editor.template_names)
         return editor
 
@@ -156,125 +197,177 @@ class Editor:
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> EditResult:
-        cancel = cancel or threading.Event()
-        report = callback or _ignore_progress
-        timings: dict[str, float] = {}
-        counter = UNetCounter()
-        notes: list[str] = []
+        """One edit: :meth:`edit_many` of one request."""
+        return self.edit_many([request], callback=callback, cancel=cancel)[0]
+
+    def edit_many(
+        self,
+        requests: Sequence[EditRequest],
+        *,
+        callback: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[EditResult]:
+        """K edits of one image that differ in their direction (instruction, language-model seed,
+        direction strength, caption overrides), on one inversion and one reconstruction with
+        the K guided passes as one batch: the primitive for variations.
+
+        The first request gives what is shared (image, caption override, cached inversion, the
+        inversion's seed, :data:`SHARED_SETTINGS`); the others must agree. Each result's
+        timings and UNet counts are the whole call's.
+        """
+        run = _Run(report=callback or _ignore_progress, cancel=cancel or threading.Event())
 
         # 1. Check inputs.
-        prepared = self.check_inputs(request)
-        settings = prepared.settings
+        prepared = self._check_batch(requests)
+        first, image, settings = requests[0], prepared[0].image, prepared[0].settings
         key = self.inversion_key(settings)
-        with self._timed(timings, "prepare"):
-            latents = self.diffusion.encode_image(prepared.image)
-        cached = self._usable_inversion(request, key, latents)
+        cached = self._usable_inversion(first, key, self.diffusion.latent_shape(image.size))
 
         # 2. Caption the image.
-        if request.caption is not None:
-            caption = request.caption.strip()
+        if first.caption is not None:
+            caption = first.caption.strip()
         elif cached is not None:
             caption = cached.caption
         else:
-            raise_if_cancelled(cancel)
-            with self._timed(timings, "caption"):
-                report("caption", 0, 1)
-                caption = self.captioner.caption(prepared.image)
-                report("caption", 1, 1)
-        caption = self._fit(caption, "image caption", notes)
+            caption = self._caption(image, run)
+        caption = self._fit(caption, "image caption", run.notes)
 
-        # 3. Invert the image under its caption.
+        # 3. Invert the image under its caption (a cached inversion needs no VAE encode).
         caption_embeds = self.diffusion.encode_prompt([caption])
         if cached is not None and cached.caption == caption:
             inversion = cached
         else:
-            generator = torch.Generator(device="cpu").manual_seed(request.seed)
-            with self._timed(timings, "invert"):
-                inverted = self.diffusion.invert(
-                    latents,
-                    caption_embeds,
-                    steps=settings.steps,
-                    config=self.config.inversion,
-                    generator=generator,
-                    callback=report,
-                    cancel=cancel,
-                    counter=counter,
-                )
-            # Contiguous, as it comes back from bytes: the same memory layout gives the same result.
-            inversion = Inversion(latents=inverted.detach().cpu().contiguous(), caption=caption, key=key)
+            inversion = self._invert(image, caption, caption_embeds, first, run)
 
-        # 4. Before and after captions from the language model.
-        lm_calls = lm_tokens = 0
-        used_fallback = False
+        # 4. Before and after captions from the language model, per edit.
+        captions = [
+            self._captions(request, item, caption, run, index=index, total=len(requests))
+            for index, (request, item) in enumerate(zip(requests, prepared, strict=True))
+        ]
+
+        # 5. Edit directions in CLIP text-embedding space.
+        encode = self.diffusion.encode_prompt
+        with self._timed(run.timings, "direction"):
+            directions = torch.cat(
+                [edit_direction(encode(list(c.before)), encode(list(c.after))) for c in captions]
+            )
+
+        # 6. Reconstruction (records cross-attention) and the guided edits, step by step.
+        raise_if_cancelled(run.cancel)
+        with self._timed(run.timings, "edit"):
+            edited = self.diffusion.edit(
+                inversion.latents,
+                caption_embeds,
+                directions,
+                settings=settings,
+                strengths=[item.settings.direction_strength for item in prepared],
+                callback=run.report,
+                cancel=run.cancel,
+                counter=run.counter,
+            )
+
+        # 7. Decode.
+        pictures = []
+        with self._timed(run.timings, "decode"):
+            for index in range(len(requests)):
+                run.report("decode", index, len(requests))
+                pictures.append(self.diffusion.decode(edited[index : index + 1]))
+            run.report("decode", len(requests), len(requests))
+
+        return [
+            _result(picture, caption, item, inversion, run)
+            for picture, item in zip(pictures, captions, strict=True)
+        ]
+
+    def _check_batch(self, requests: Sequence[EditRequest]) -> list[PreparedInput]:
+        """Every request's own checks, then what edits made together must share."""
+        if not requests:
+            raise InvalidInput("No edit was asked for.")
+        prepared = [self.check_inputs(request) for request in requests]
+        first, reference = requests[0], prepared[0]
+        for request, item in zip(requests[1:], prepared[1:], strict=True):
+            if item.image.size != reference.image.size or item.image.tobytes() != reference.image.tobytes():
+                raise InvalidInput("Edits made together must be of the same image.")
+            if any(
+                getattr(item.settings, name) != getattr(reference.settings, name) for name in SHARED_SETTINGS
+            ):
+                raise InvalidInput(f"Edits made together must share {', '.join(SHARED_SETTINGS)}.")
+            if request.caption != first.caption or request.inversion is not first.inversion:
+                raise InvalidInput(
+                    "Edits made together must share the caption override and cached inversion."
+                )
+        return prepared
+
+    def _caption(self, image: Image.Image, run: _Run) -> str:
+        raise_if_cancelled(run.cancel)
+        with self._timed(run.timings, "caption"), self._resident(self.captioner.model):
+            run.report("caption", 0, 1)
+            caption = self.captioner.caption(image)
+            run.report("caption", 1, 1)
+        return caption
+
+    def _invert(
+        self, image: Image.Image, caption: str, caption_embeds: torch.Tensor, request: EditRequest, run: _Run
+    ) -> Inversion:
+        """Encode and invert the image; the request's seed draws the regularisation's rolls."""
+        settings = request.settings
+        with self._timed(run.timings, "prepare"):
+            latents = self.diffusion.encode_image(image)
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        with self._timed(run.timings, "invert"):
+            inverted = self.diffusion.invert(
+                latents,
+                caption_embeds,
+                steps=settings.steps,
+                config=self.config.inversion,
+                generator=generator,
+                callback=run.report,
+                cancel=run.cancel,
+                counter=run.counter,
+            )
+        # Contiguous, as it comes back from bytes: the same memory layout gives the same result.
+        key = self.inversion_key(settings)
+        return Inversion(latents=inverted.detach().cpu().contiguous(), caption=caption, key=key)
+
+    def _captions(
+        self,
+        request: EditRequest,
+        prepared: PreparedInput,
+        caption: str,
+        run: _Run,
+        *,
+        index: int,
+        total: int,
+    ) -> _Captions:
+        """The caller's caption overrides, or the language model's captions for this edit, fitted
+        to the text encoder; refused when the two sides are the same within its limit."""
         if request.captions is not None:
+            notes: list[str] = []
             # An empty before-list stands for the image's caption (the paper's evaluation oracle).
             before = tuple(self._fit(c.strip(), "before caption", notes) for c in request.captions[0])
             after = tuple(self._fit(c.strip(), "after caption", notes) for c in request.captions[1])
-            before = before or (caption,)
+            captions = _Captions(before or (caption,), after, notes=tuple(notes))
         else:
-            with self._timed(timings, "captions"):
-                report("captions", 0, 1)
+            lm = _language_model(self.caption_writer)
+            with self._timed(run.timings, "captions"), self._resident(lm):
+                run.report("captions", index, total)
                 written = self.caption_writer.write(
                     prepared.instruction,
                     caption,
-                    settings,
+                    prepared.settings,
                     request.seed,
-                    cancel=cancel,
+                    cancel=run.cancel,
                     limit=self.token_limit,
                 )
-                report("captions", 1, 1)
-            before, after = written.before, written.after
-            lm_calls, lm_tokens, used_fallback = written.generate_calls, written.tokens, written.used_fallback
-            notes.extend(_caption_notes(written.used_fallback, written.generate_calls, written.shortened))
-
-        # 5. Edit direction in CLIP text-embedding space.
-        if same_captions(before, after):
+                run.report("captions", index + 1, total)
+            notes = _caption_notes(written.used_fallback, written.generate_calls, written.shortened)
+            captions = _Captions(written.before, written.after, written, tuple(notes))
+        if same_captions(captions.before, captions.after):
             raise InvalidInput(
                 "The before and after captions are the same within the text encoder's "
                 f"{self.token_limit.limit} tokens, so the edit would change nothing."
             )
-        with self._timed(timings, "direction"):
-            direction = edit_direction(
-                self.diffusion.encode_prompt(list(before)), self.diffusion.encode_prompt(list(after))
-            )
-
-        # 6. Reconstruction (records cross-attention), then the guided edit.
-        raise_if_cancelled(cancel)
-        with self._timed(timings, "edit"):
-            edited = self.diffusion.edit(
-                inversion.latents,
-                caption_embeds,
-                direction,
-                settings=settings,
-                callback=report,
-                cancel=cancel,
-                counter=counter,
-            )
-
-        # 7. Decode.
-        with self._timed(timings, "decode"):
-            report("decode", 0, 1)
-            image = self.diffusion.decode(edited)
-            report("decode", 1, 1)
-
-        counts = EditCounts(
-            unet_forwards=dict(counter.forwards),
-            unet_batch_samples=dict(counter.batch_samples),
-            unet_backwards=counter.backwards,
-            lm_generate_calls=lm_calls,
-            lm_tokens=lm_tokens,
-        )
-        return EditResult(
-            image=image,
-            caption=caption,
-            before_captions=tuple(before),
-            after_captions=tuple(after),
-            inversion=inversion,
-            timings=timings,
-            counts=counts,
-            used_fallback_captions=used_fallback,
-            notes=tuple(notes),
-        )
+        return captions
 
     def _fit(self, caption: str, what: str, notes: list[str]) -> str:
         """``caption`` shortened at a word boundary to the text encoder's limit, noting it."""
@@ -288,12 +381,36 @@ class Editor:
             notes.append(f"The {what} was shortened to the text encoder's {limit} tokens: “{fitted}”.")
         return fitted
 
-    def _usable_inversion(self, request: EditRequest, key: str, latents: torch.Tensor) -> Inversion | None:
+    @contextmanager
+    def _resident(self, module: torch.nn.Module | None) -> Iterator[None]:
+        """``engine.offload: model``: the module is on the GPU for this stage only."""
+        if module is None or self.config.offload != "model":
+            yield
+            return
+        module.to(self.diffusion.device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+
+    def compile(self, backend: str = "inductor") -> None:
+        """``engine.compile``: the UNet compiled and channels-last; on CUDA, TF32 matmuls and
+        convolutions for the float32 VAE; a static KV cache for the language model (on CUDA
+        transformers then compiles its decoding step). Graphs are made on the first edit."""
+        self.diffusion.compile(backend)
+        if self.diffusion.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        lm = _language_model(self.caption_writer)
+        if lm is not None:
+            lm.generation_config.cache_implementation = "static"
+
+    def _usable_inversion(self, request: EditRequest, key: str, shape: tuple[int, ...]) -> Inversion | None:
         """The request's cached inversion if it was made for this model, settings and size."""
         cached = request.inversion
         if cached is None:
             return None
-        if cached.key != key or tuple(cached.latents.shape) != tuple(latents.shape):
+        if cached.key != key or tuple(cached.latents.shape) != shape:
             log.info("cached inversion does not match this edit (settings or size changed); inverting again")
             return None
         if (
@@ -326,6 +443,42 @@ def _caption_notes(used_fallback: bool, attempts: int, shortened: int) -> list[s
     if shortened:
         notes.append(f"{shortened} of the language model's captions were shortened to fit the text encoder.")
     return notes
+
+
+def _language_model(caption_writer: CaptionWriter) -> PreTrainedModel | None:
+    """The language model's torch module, when the caption writer runs one."""
+    generate_text = caption_writer.generate_text
+    return generate_text.model if isinstance(generate_text, CausalLanguageModel) else None
+
+
+def _offloaded_modules(captioner: Captioner, caption_writer: CaptionWriter) -> list[torch.nn.Module]:
+    """What ``engine.offload: model`` keeps off the GPU between its stages."""
+    lm = _language_model(caption_writer)
+    return [captioner.model] if lm is None else [captioner.model, lm]
+
+
+def _result(
+    image: Image.Image, caption: str, captions: _Captions, inversion: Inversion, run: _Run
+) -> EditResult:
+    written = captions.written
+    counts = EditCounts(
+        unet_forwards=dict(run.counter.forwards),
+        unet_batch_samples=dict(run.counter.batch_samples),
+        unet_backwards=run.counter.backwards,
+        lm_generate_calls=0 if written is None else written.generate_calls,
+        lm_tokens=0 if written is None else written.tokens,
+    )
+    return EditResult(
+        image=image,
+        caption=caption,
+        before_captions=captions.before,
+        after_captions=captions.after,
+        inversion=inversion,
+        timings=dict(run.timings),
+        counts=counts,
+        used_fallback_captions=written is not None and written.used_fallback,
+        notes=(*run.notes, *captions.notes),
+    )
 
 
 def _ignore_progress(stage: str, step: int, total: int) -> None:

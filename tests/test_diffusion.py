@@ -14,13 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from editor.config import InversionConfig
-from editor.diffusion import (
-    CrossAttentionMaps,
-    DiffusionModels,
-    UNetCounter,
-    auto_correlation_loss,
-    draw_roll,
-)
+from editor.diffusion import DiffusionModels
+from editor.guidance import CrossAttentionMaps, UNetCounter
+from editor.inversion import auto_correlation_loss, draw_roll, draw_shifts
 from editor.types import EditCancelled, EditSettings, InvalidInput
 
 STEPS = 3
@@ -152,7 +148,8 @@ def reference_edit(pipeline, latents: torch.Tensor, embeds: Embeds) -> tuple[tor
 def test_matches_reference_exactly_with_the_same_attention_arithmetic(
     diffusion_path: str, reference_pipeline, latents: torch.Tensor, embeds: Embeds
 ) -> None:
-    """With the reference's bmm attention in every layer, inversion and edit agree to rounding."""
+    """With the reference's bmm attention in every layer and its batch-2 reconstruction,
+    inversion and edit agree to rounding."""
     from diffusers.models.attention_processor import AttnProcessor
 
     ours = DiffusionModels.from_pretrained(diffusion_path, CPU, torch.float32)
@@ -160,7 +157,7 @@ def test_matches_reference_exactly_with_the_same_attention_arithmetic(
     expected_inverted, expected_edited = reference_edit(reference_pipeline, latents, embeds)
 
     inverted = invert(ours, latents, embeds, config=DIFFUSERS_INVERSION)
-    edited = edit(ours, expected_inverted, embeds)
+    edited = edit(ours, expected_inverted, embeds, fold_equal_halves=False)
 
     torch.testing.assert_close(inverted, expected_inverted, rtol=0, atol=1e-6)
     torch.testing.assert_close(edited, expected_edited, rtol=0, atol=1e-6)
@@ -169,7 +166,8 @@ def test_matches_reference_exactly_with_the_same_attention_arithmetic(
 def test_matches_reference_with_sdpa_attention(
     models: DiffusionModels, reference_pipeline, latents: torch.Tensor, embeds: Embeds
 ) -> None:
-    """With our SDPA layers the results differ by float rounding only (measured: < 1e-4).
+    """With our SDPA layers and batch-1 reconstruction the results differ by float rounding
+    only (measured: < 1e-4).
 
     1e-3 is far below what a wrong step would change: attention guidance alone moves
     the edit by ~1e-2 here, the roll rule the inversion by ~5e-2, the direction by ~1.
@@ -192,7 +190,7 @@ def test_auto_correlation_loss_replays_the_reference(reference_pipeline) -> None
     ours_generator = torch.Generator().manual_seed(3)
     reference_generator = torch.Generator().manual_seed(3)
 
-    ours = auto_correlation_loss(noise, ours_generator, "diffusers")
+    ours = auto_correlation_loss(noise, draw_shifts(noise.shape, ours_generator, 1, rule="diffusers")[0])
     expected = reference_pipeline.auto_corr_loss(noise, generator=reference_generator)
 
     torch.testing.assert_close(ours, expected, rtol=1e-6, atol=0)
@@ -235,7 +233,7 @@ def test_a_side_too_short_cannot_roll(size: int, rule: str) -> None:
 def test_auto_correlation_loss_handles_wide_and_thin_latents(shape: tuple[int, int]) -> None:
     """A 64x4 map would be pooled below one pixel by the references (they fail); ours stops."""
     noise = torch.randn(1, 4, *shape, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    loss = auto_correlation_loss(noise, torch.Generator().manual_seed(0))
+    loss = auto_correlation_loss(noise, draw_shifts(noise.shape, torch.Generator().manual_seed(0), 1)[0])
     loss.backward()
     assert loss.item() > 0
     assert torch.isfinite(noise.grad).all()
@@ -310,7 +308,7 @@ def test_models_are_frozen_and_use_sdpa(models: DiffusionModels) -> None:
 # --- cancellation --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("stage", "step"), [("invert", 1), ("reconstruct", 2), ("edit", 1)])
+@pytest.mark.parametrize(("stage", "step"), [("invert", 1), ("edit", 1), ("edit", 2)])
 def test_cancel_stops_within_one_step(
     models: DiffusionModels, latents: torch.Tensor, embeds: Embeds, stage: str, step: int
 ) -> None:
@@ -332,6 +330,7 @@ def test_cancel_stops_within_one_step(
 
     assert calls[-1] == (stage, step)
     assert counter.forwards[stage] == step * (2 if stage == "edit" else 1)
+    assert counter.forwards.get("reconstruct", 0) == (step if stage == "edit" else 0)
 
 
 def test_cancel_set_beforehand_runs_no_unet(
@@ -350,26 +349,33 @@ def test_cancel_set_beforehand_runs_no_unet(
 # --- counts --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("guidance", [1.0, 0.0])
+@pytest.mark.parametrize(("guidance", "negative"), [(1.0, "caption"), (0.0, "caption"), (1.0, "empty")])
 def test_counts_follow_the_formula_and_the_real_calls(
-    models: DiffusionModels, latents: torch.Tensor, embeds: Embeds, guidance: float
+    models: DiffusionModels, latents: torch.Tensor, embeds: Embeds, guidance: float, negative: str
 ) -> None:
-    """Inversion N x batch 1; reconstruction N x batch 2; edit N x (forward with grad,
-    backward, forward), batch 2; without attention guidance the edit skips the first two."""
+    """Inversion N x batch 1; reconstruction N x batch 1 (batch 2 with another negative prompt);
+    edit N x (forward with grad, backward, forward), batch 2; without attention guidance the
+    edit skips the first two. With the defaults: 6N batch-samples, against the reference's 7N."""
     counter = UNetCounter()
     real_batches: list[int] = []
     hook = models.unet.register_forward_pre_hook(lambda module, args: real_batches.append(args[0].shape[0]))
+    negative_embeds = models.encode_prompt([""]) if negative == "empty" else None
     try:
         noise = invert(models, latents, embeds, counter=counter)
         settings = SETTINGS.replace(cross_attention_guidance=guidance)
-        edit(models, noise, embeds, counter=counter, settings=settings)
+        edit(models, noise, embeds, counter=counter, settings=settings, negative_embeds=negative_embeds)
     finally:
         hook.remove()
 
     guided = guidance > 0
     edit_forwards = STEPS * (2 if guided else 1)
+    halves = 2 if negative == "empty" else 1
     assert counter.forwards == {"invert": STEPS, "reconstruct": STEPS, "edit": edit_forwards}
-    assert counter.batch_samples == {"invert": STEPS, "reconstruct": 2 * STEPS, "edit": 2 * edit_forwards}
+    assert counter.batch_samples == {
+        "invert": STEPS,
+        "reconstruct": halves * STEPS,
+        "edit": 2 * edit_forwards,
+    }
     assert counter.backwards == (STEPS if guided else 0)
     assert len(real_batches) == sum(counter.forwards.values())
     assert sum(real_batches) == sum(counter.batch_samples.values())
@@ -422,19 +428,24 @@ def test_reconstruction_maps_cover_every_step_and_cross_attention_layer(
     models: DiffusionModels, inverted: torch.Tensor, embeds: Embeds
 ) -> None:
     maps = models.reconstruct(inverted, embeds.caption, steps=STEPS, guidance_scale=5.0)
+    both_halves = models.reconstruct(
+        inverted, embeds.caption, steps=STEPS, guidance_scale=5.0, fold_equal_halves=False
+    )
     cross_layers = {
         name
         for name in models.unet.attn_processors
         if models.unet.get_submodule(name.removesuffix(".processor")).is_cross_attention
     }
     assert len(maps.timesteps) == len(maps.per_step) == STEPS
-    for step_maps in maps.per_step:
-        assert set(step_maps) == cross_layers
+    for step_maps, step_both in zip(maps.per_step, both_halves.per_step, strict=True):
+        assert set(step_maps) == set(step_both) == cross_layers
         for name, probs in step_maps.items():
             heads = models.unet.get_submodule(name.removesuffix(".processor")).heads
-            assert probs.shape[0] == 2 * heads
+            assert probs.shape[0] == heads  # batch 1: the negative prompt is the caption
             assert probs.shape[2] == 77
             torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
+            negative_half, caption_half = step_both[name].chunk(2)
+            assert torch.equal(negative_half, caption_half)  # why folding them is safe
 
     reused = models.edit(inverted, embeds.caption, embeds.direction, settings=SETTINGS, reference=maps)
     assert torch.equal(reused, edit(models, inverted, embeds))

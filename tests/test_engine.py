@@ -47,8 +47,10 @@ def test_edit_runs_every_stage_and_counts_the_work(editor: Editor) -> None:
     assert isinstance(result.caption, str)
     assert result.before_captions
     assert result.after_captions
-    assert list(dict.fromkeys(stages)) == ["caption", "invert", "captions", "reconstruct", "edit", "decode"]
+    # The reconstruction runs inside the edit's steps (interleaved), reported as the edit.
+    assert list(dict.fromkeys(stages)) == ["caption", "invert", "captions", "edit", "decode"]
     assert result.counts.unet_forwards["invert"] == steps
+    assert result.counts.unet_batch_samples == {"invert": steps, "reconstruct": steps, "edit": 4 * steps}
     assert result.counts.unet_backwards == steps
     assert result.counts.lm_generate_calls >= 1
     assert result.counts.lm_tokens > 0
@@ -62,7 +64,9 @@ def test_same_seed_gives_the_same_image(editor: Editor) -> None:
     assert torch.equal(_pixels(first.image), _pixels(second.image))
 
 
-def test_cached_inversion_round_trips_through_bytes_and_skips_inversion(editor: Editor) -> None:
+def test_cached_inversion_round_trips_through_bytes_and_skips_inversion(
+    editor: Editor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     request = EditRequest(image=_png(), instruction="add snow", settings=editor.defaults, seed=3)
     fresh = editor.edit(request)
     loaded = Inversion.from_bytes(fresh.inversion.to_bytes())
@@ -70,10 +74,15 @@ def test_cached_inversion_round_trips_through_bytes_and_skips_inversion(editor: 
     assert (loaded.caption, loaded.key) == (fresh.inversion.caption, fresh.inversion.key)
 
     stages: list[str] = []
+    encodes: list[int] = []
+    vae = editor.diffusion.vae
+    encode = vae.encode
+    monkeypatch.setattr(vae, "encode", lambda *args, **kwargs: encodes.append(1) or encode(*args, **kwargs))
     reused = editor.edit(replace(request, inversion=loaded), callback=lambda s, *_: stages.append(s))
     assert "invert" not in reused.counts.unet_forwards
     assert "invert" not in stages
     assert "caption" not in stages
+    assert encodes == []  # only the latents' shape is needed, and the image size gives it
     assert torch.equal(_pixels(reused.image), _pixels(fresh.image))
 
 

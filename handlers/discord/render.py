@@ -30,7 +30,9 @@ STAGE_LABELS = {
     "decode": "finishing",
 }
 #: Rough share of an edit's time per stage (the UNet-heavy stages dominate), for one percentage.
-STAGE_WEIGHTS = {"caption": 3, "invert": 25, "captions": 7, "reconstruct": 20, "edit": 42, "decode": 3}
+#: Share of an edit's time per stage. The reconstruction runs inside the edit's steps (interleaved),
+#: so it has no share of its own.
+STAGE_WEIGHTS = {"caption": 3, "invert": 25, "captions": 7, "edit": 62, "decode": 3}
 
 
 def quote(text: str, limit: int = QUOTE_CHARS) -> str:
@@ -43,10 +45,10 @@ def quote(text: str, limit: int = QUOTE_CHARS) -> str:
 
 def overall_percent(stage: str | None, step: int, total: int) -> int:
     """One number for the whole edit from the stage and the step within it."""
-    if stage not in STAGE_WEIGHTS:
+    if stage not in STAGES:
         return 0
-    done_before = sum(STAGE_WEIGHTS[s] for s in STAGES[: STAGES.index(stage)])
-    within = STAGE_WEIGHTS[stage] * (min(step, total) / total if total > 0 else 0)
+    done_before = sum(STAGE_WEIGHTS.get(s, 0) for s in STAGES[: STAGES.index(stage)])
+    within = STAGE_WEIGHTS.get(stage, 0) * (min(step, total) / total if total > 0 else 0)
     return int(100 * (done_before + within) / sum(STAGE_WEIGHTS.values()))
 
 
