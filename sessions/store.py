@@ -63,6 +63,22 @@ class EditOutcome:
     inversion_key: str
 
 
+class StorageUnavailable(Exception):
+    """The database file cannot be opened or created; the message names it and says why."""
+
+
+def _migrate(db: Database) -> None:
+    """Apply the migrations under one write lock: a second process opening a fresh database at the
+    same moment waits (``busy_timeout``), then finds them applied, instead of applying them twice."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        MIGRATIONS.apply(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 class Store:
     """The edit tree, jobs, message links, per-place settings and the inversion cache."""
 
@@ -74,16 +90,23 @@ class Store:
     def open(
         cls, path: str | Path, *, inversion_cache_bytes: int = 512 * 1024 * 1024, busy_timeout_s: float = 10.0
     ) -> Store:
-        """Open (creating if needed) and migrate the database; ``":memory:"`` works too."""
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(str(path), timeout=busy_timeout_s)
-        db = Database(connection)
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        if str(path) != ":memory:":
-            db.enable_wal()
-        MIGRATIONS.apply(db)
+        """Open (creating if needed) and migrate the database; ``":memory:"`` works too.
+
+        Raises :class:`StorageUnavailable` (one line: the path and why) when it cannot be opened.
+        """
+        try:
+            if str(path) != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(str(path), timeout=busy_timeout_s)
+            db = Database(connection)
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            if str(path) != ":memory:":
+                db.enable_wal()
+            _migrate(db)
+        except (OSError, sqlite3.Error) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise StorageUnavailable(f"cannot open the database {path}: {reason}") from error
         return cls(db, inversion_cache_bytes)
 
     def close(self) -> None:
