@@ -10,6 +10,7 @@ from editor.types import STAGES, EditCancelled, EditSettings, InvalidInput
 from sessions.compose import App, compose
 from sessions.config import AppConfig, ConsoleConfig, DiscordConfig, OpsConfig, StorageConfig, load_config
 from sessions.errors import JobFailed, NotAllowed, NotFound, NothingToUndo, Postponed, Rejected, UserError
+from sessions.metrics import EditMetrics
 from sessions.models import Author, Job, JobKind, Place, Version
 from sessions.service import EditService, Ticket
 
@@ -22,6 +23,7 @@ __all__ = [
     "ConsoleConfig",
     "DiscordConfig",
     "EditCancelled",
+    "EditMetrics",
     "EditService",
     "EditSettings",
     "InvalidInput",

@@ -431,15 +431,6 @@ class Store:
     def job_counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
 
-    def recent_latencies(self, limit: int = 200) -> list[tuple[float, float]]:
-        """(wait in queue, run time) in seconds of the latest finished edits."""
-        rows = self.db.execute(
-            "SELECT started_at - created_at, finished_at - started_at FROM jobs "
-            "WHERE state = 'done' AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
-            [limit],
-        ).fetchall()
-        return [(wait, run) for wait, run in rows]
-
     # --- helpers ----------------------------------------------------------------------
 
     def _one(self, sql: str, params: list[Any]) -> dict[str, Any] | None:

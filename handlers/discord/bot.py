@@ -46,7 +46,9 @@ class EditBot(commands.Bot):
         self.preferences = Preferences(service, config, safety_available=safety is not None)
         #: What the cogs, the buttons and the modal hand their events to (``views.RelayingClient``).
         self.relay = Relay(self, service, config=config, preferences=self.preferences, safety=safety)
-        self.ops = OpsServer(ops, service.stats, self._gateway_status) if ops.enabled else None
+        self.ops = (
+            OpsServer(ops, service.stats, self._gateway_status, service.metrics) if ops.enabled else None
+        )
         self._service_started = False
         self._closing = False
 
