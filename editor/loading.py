@@ -53,17 +53,9 @@ class Sources:
 
 def preflight(config: EngineConfig, defaults: EditSettings) -> Sources:
     """Run every check that needs no weights; raise :class:`ConfigError` at the first problem."""
-    from editor.captions import SHIPPED_TEMPLATES, load_templates
-
-    lm = config.language_model
-    if lm.templates_dir:
-        lm = dataclasses.replace(lm, templates_dir=str(resolve_path(config.base_dir, lm.templates_dir)))
+    lm = _resolved_lm(config)
     try:
-        templates = load_templates(lm.templates_dir or SHIPPED_TEMPLATES)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"engine.language_model.templates_dir: {error}") from error
-    try:
-        defaults.validate(tuple(sorted(templates)))
+        defaults.validate(template_names(config))
     except InvalidInput as error:
         raise ConfigError(f"edit: {error}") from error
     hub = _Hub()
@@ -72,6 +64,24 @@ def preflight(config: EngineConfig, defaults: EditSettings) -> Sources:
         for role in ("captioner", "language_model", "diffusion")
     }
     return Sources(**sources, lm=lm)
+
+
+def template_names(config: EngineConfig) -> tuple[str, ...]:
+    """The prompt templates the config provides (read from their folder); ConfigError if none can be."""
+    from editor.captions import SHIPPED_TEMPLATES, load_templates
+
+    try:
+        return tuple(sorted(load_templates(_resolved_lm(config).templates_dir or SHIPPED_TEMPLATES)))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"engine.language_model.templates_dir: {error}") from error
+
+
+def _resolved_lm(config: EngineConfig) -> LanguageModelConfig:
+    """The language model's section with its templates folder relative to the config file."""
+    lm = config.language_model
+    if not lm.templates_dir:
+        return lm
+    return dataclasses.replace(lm, templates_dir=str(resolve_path(config.base_dir, lm.templates_dir)))
 
 
 def model_source(where: str, name: str, base_dir: str | Path, hub: _Hub | None = None) -> str:

@@ -58,6 +58,10 @@ def setup_logging(
     for name in _OURS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 0 else logging.NOTSET)
     logging.captureWarnings(True)
+    if not sys.stderr.isatty():  # the libraries' download and loading bars: noise in a service's log
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 class ProgressBar:
@@ -95,12 +99,3 @@ def progress_bar(total: int, desc: str, unit: str) -> Iterator[ProgressBar]:
             yield bar
     finally:
         bar.close()
-
-
-@contextmanager
-def bars_and_logs() -> Iterator[None]:
-    """Route log lines around whatever tqdm bars are drawn inside the block."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    with logging_redirect_tqdm():
-        yield

@@ -94,9 +94,12 @@ class Store:
 
         Raises :class:`StorageUnavailable` (one line: the path and why) when it cannot be opened.
         """
+        folder = Path(path).parent
+        if str(path) != ":memory:" and folder.exists() and not folder.is_dir():
+            raise StorageUnavailable(f"cannot open the database {path}: {folder} is a file, not a folder")
         try:
             if str(path) != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(str(path), timeout=busy_timeout_s)
             db = Database(connection)
             db.execute("PRAGMA foreign_keys = ON")

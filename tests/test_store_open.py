@@ -55,5 +55,8 @@ def test_a_database_path_that_cannot_work_is_one_clear_error(tmp_path: Path, mak
     with pytest.raises(StorageUnavailable) as raised:
         Store.open(path)
     message = str(raised.value)
-    assert message.startswith(f"cannot open the database {path}: ")
+    why = (
+        f"{path.parent} is a file, not a folder" if make_path == "a file as its folder" else "unable to open"
+    )
+    assert message.startswith(f"cannot open the database {path}: {why}")
     assert "\n" not in message
