@@ -108,6 +108,8 @@ def _transport(app: App, args: argparse.Namespace, token: str) -> Coroutine[Any,
     """The console chat without a token (or with ``--console``), the Discord bot otherwise."""
     if args.console or not token:
         user = app.config.console.user or _login_name()
+        if not args.verbose:  # the chat itself shows each request and result
+            logging.getLogger("sessions.jobs").setLevel(logging.WARNING)
         if isinstance(sys.stdin, io.TextIOWrapper):
             sys.stdin.reconfigure(errors="replace")  # a stray non-UTF-8 byte is not the end of the chat
         chat = ConsoleChat(

@@ -18,9 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from editor.config import ConfigError, EngineConfig, LanguageModelConfig, resolve_path
 from editor.types import EditSettings, InvalidInput
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +62,27 @@ def preflight(config: EngineConfig, defaults: EditSettings) -> Sources:
         defaults.validate(template_names(config))
     except InvalidInput as error:
         raise ConfigError(f"edit: {error}") from error
+    _check_device(config.device)
     hub = _Hub()
     sources = {
         role: model_source(f"engine.models.{role}", getattr(config.models, role), config.base_dir, hub)
         for role in ("captioner", "language_model", "diffusion")
     }
     return Sources(**sources, lm=lm)
+
+
+def _check_device(name: str) -> None:
+    """A GPU asked for by name must be there: otherwise the failure comes after minutes of loading."""
+    if not name.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"engine.device is {name}, but {why}; set engine.device to auto or cpu")
+    index = torch.device(name).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise ConfigError(f"engine.device is {name}, but there are {torch.cuda.device_count()} GPU(s)")
 
 
 def template_names(config: EngineConfig) -> tuple[str, ...]:
@@ -147,9 +166,9 @@ class _Hub:
         except RepositoryNotFoundError:
             return _Refusal(f"there is no model {name} on the hub ({endpoint})", missing=True)
         except HfHubHTTPError as error:
-            return _Refusal(f"the hub ({endpoint}) answered: {error}")
+            return _Refusal(f"the hub ({endpoint}) answered: {_one_line(error)}")
         except Exception as error:  # the HTTP client's own errors: DNS, refused, timed out, TLS
-            why = f"the hub ({endpoint}) cannot be reached ({type(error).__name__}: {error})"
+            why = f"the hub ({endpoint}) cannot be reached ({type(error).__name__}: {_one_line(error)})"
             self._unreachable = _Refusal(why)
             return self._unreachable
         return None
@@ -176,15 +195,16 @@ def explained(where: str, source: str) -> Iterator[None]:
         raise
     except (OSError, ValueError) as error:
         raise ModelUnavailable(
-            f"{where}: could not load {source}: {error}. An interrupted download leaves "
+            f"{where}: could not load {source}: {_one_line(error)}. An interrupted download leaves "
             "files missing: download it again, or check that the folder holds the whole model."
         ) from error
 
 
-def memory_summary(device: object) -> str:
+def memory_summary(device: torch.device) -> str:
     """The GPU memory the loaded models hold, for the start-up line; "no GPU" on the CPU."""
-    torch = sys.modules.get("torch")
-    if torch is None or getattr(device, "type", "cpu") != "cuda":
+    import torch
+
+    if device.type != "cuda":
         return "no GPU (an edit takes minutes on the CPU)"
     allocated = torch.cuda.memory_allocated(device) / 2**30
     total = torch.cuda.get_device_properties(device).total_memory / 2**30
@@ -197,3 +217,8 @@ def vram_bytes() -> float:
     if torch is None or not torch.cuda.is_available():
         return 0.0
     return float(torch.cuda.memory_allocated())
+
+
+def _one_line(error: BaseException) -> str:
+    """A library's message (often several lines) as one line, for a one-line report."""
+    return " ".join(str(error).split())

@@ -58,6 +58,16 @@ async def _run_beside(*args: str, **env: str) -> tuple[int, str]:
     return process.returncode, stderr.decode()
 
 
+async def _logged(bot: BotProcess, text: str, within: float = 60.0) -> str:
+    """The bot's log once ``text`` is in it."""
+    async with asyncio.timeout(within):
+        while True:
+            log = bot.log_text()
+            if text in log:
+                return log
+            await asyncio.sleep(0.2)
+
+
 def _one_error_line(stderr: str) -> str:
     """The single ERROR line of a refused start (and no traceback)."""
     assert "Traceback" not in stderr
@@ -120,7 +130,7 @@ async def test_a_refused_command_sync_is_logged_and_the_bot_serves_anyway(
             mention_bot=True,
         )
         await fake.wait_for_message(is_attachment_reply(request["id"]), 90)
-        log = bot.log_text()
+        log = await _logged(bot, "invite link:")  # on_ready comes when the guilds have streamed in
         assert "slash commands were not registered: Discord answered 403" in log
         assert "applications.commands scope" in log
         for said in (

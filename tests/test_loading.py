@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import constants
 
 from editor.config import ConfigError, EngineConfig, ModelsConfig, edit_defaults, engine_config, load_yaml
@@ -145,3 +146,11 @@ def test_a_broken_model_folder_says_which_model_and_why(tmp_path: Path, tiny_con
     message = str(raised.value)
     assert message.startswith(f"engine.models.diffusion: could not load {tmp_path}/half-downloaded")
     assert "download it again" in message
+
+
+def test_a_gpu_that_is_not_there_is_reported_before_any_model_loads(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    models = ModelsConfig(captioner="no/such/blip")
+    with pytest.raises(ConfigError, match=r"engine.device is cuda, but .*; set engine.device to auto or cpu"):
+        Editor.load(EngineConfig(models=models, device="cuda", base_dir=str(tmp_path)), EditSettings())
