@@ -23,7 +23,7 @@ from sqlite_utils import Database
 from editor.types import EditSettings
 from sessions.inversions import InversionCache
 from sessions.models import Author, Job, JobKind, Place, Version
-from sessions.schema import JOB_COLUMNS, MIGRATIONS, VERSION_COLUMNS, job_from_row, version_from_row
+from sessions.schema import JOB_COLUMNS, VERSION_COLUMNS, job_from_row, migrate, version_from_row
 
 _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o, 1/l/i: easy to read back and type
 
@@ -67,18 +67,6 @@ class StorageUnavailable(Exception):
     """The database file cannot be opened or created; the message names it and says why."""
 
 
-def _migrate(db: Database) -> None:
-    """Apply the migrations under one write lock: a second process opening a fresh database at the
-    same moment waits (``busy_timeout``), then finds them applied, instead of applying them twice."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        MIGRATIONS.apply(db)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
 class Store:
     """The edit tree, jobs, message links, per-place settings and the inversion cache."""
 
@@ -106,7 +94,7 @@ class Store:
             db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             if str(path) != ":memory:":
                 db.enable_wal()
-            _migrate(db)
+            migrate(db)
         except (OSError, sqlite3.Error) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
             raise StorageUnavailable(f"cannot open the database {path}: {reason}") from error
