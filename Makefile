@@ -9,7 +9,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .PHONY: run test lint format tiny bench install clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "OnTheFly needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0] + ". Install one and run: make PYTHON=python3.11 ...")'
 	@echo "Creating $(VENV) and installing the dependencies (torch and the model libraries: several GB on a first install)..."
 	$(PYTHON) -m venv $(VENV)
