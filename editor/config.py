@@ -85,8 +85,20 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config file into a mapping with ``_base_dir`` set to its folder."""
+def find_config(path: str | Path | None) -> Path | None:
+    """The config file to read: the one named, else ``config.yaml`` in the current folder when there
+    is one, else None: the built-in defaults (an installed command run anywhere still works)."""
+    if path is not None:
+        return Path(path)
+    here = Path("config.yaml")
+    return here if here.is_file() else None
+
+
+def load_yaml(path: str | Path | None) -> dict[str, Any]:
+    """Read a config file into a mapping with ``_base_dir`` set to its folder (None: no file, the
+    defaults, with relative paths starting at the current folder)."""
+    if path is None:
+        return {"_base_dir": str(Path.cwd())}
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -24,7 +24,6 @@ never sit on the GPU while the UNet works; ``engine.compile: true`` compiles the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -38,10 +37,11 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
+from editor import loading
 from editor.caption_parser import same_captions
 from editor.captioner import Captioner
 from editor.captions import CaptionSet, CaptionWriter
-from editor.config import EngineConfig, LimitsConfig, resolve_path
+from editor.config import EngineConfig, LimitsConfig
 from editor.diffusion import DiffusionModels, UNetCounter
 from editor.direction import ClipTokenLimit, edit_direction
 from editor.images import check_instruction, load_image
@@ -131,25 +131,31 @@ class Editor:
 
     @classmethod
     def load(cls, config: EngineConfig, defaults: EditSettings) -> Editor:
+        """Check everything that needs no weights (``editor.loading``), then load the three models."""
+        sources = loading.preflight(config, defaults)
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)
-        log.info("loading models on %s (%s)", device, str(dtype).removeprefix("torch."))
-        captioner = Captioner.from_pretrained(config.model_path("captioner"), device, dtype, config.captioner)
-        language_model = config.language_model
-        if language_model.templates_dir:
-            folder = resolve_path(config.base_dir, language_model.templates_dir)
-            language_model = dataclasses.replace(language_model, templates_dir=str(folder))
-        caption_writer = CaptionWriter.from_pretrained(
-            config.model_path("language_model"), device, dtype, language_model
-        )
+        started = time.perf_counter()
+        log.info("loading the models on %s (%s)", device, str(dtype).removeprefix("torch."))
+        with loading.explained("engine.models.captioner", sources.captioner):
+            captioner = Captioner.from_pretrained(sources.captioner, device, dtype, config.captioner)
+        with loading.explained("engine.models.language_model", sources.language_model):
+            caption_writer = CaptionWriter.from_pretrained(sources.language_model, device, dtype, sources.lm)
         if config.offload == "model":  # before the UNet arrives: a small card holds both only briefly
             for module in _offloaded_modules(captioner, caption_writer):
                 module.to("cpu")
-        diffusion = DiffusionModels.from_pretrained(config.model_path("diffusion"), device, dtype)
+        with loading.explained("engine.models.diffusion", sources.diffusion):
+            diffusion = DiffusionModels.from_pretrained(sources.diffusion, device, dtype)
         editor = cls(config, defaults, captioner, caption_writer, diffusion)
         if config.compile:
             editor.compile()
-        defaults.validate(editor.template_names)
+        log.info(
+            "models loaded in %.0f s on %s (%s); %s",
+            time.perf_counter() - started,
+            device,
+            str(dtype).removeprefix("torch."),
+            loading.memory_summary(device),
+        )
         return editor
 
     @property

@@ -4,14 +4,16 @@ Transports (``handlers/``) import from this package only: the service, its value
 and the engine's vocabulary they need to show (progress, settings, limits) are re-exported here.
 """
 
-from editor.config import ConfigError, LimitsConfig
+from editor.config import ConfigError, LimitsConfig, find_config
 from editor.progress import Progress
 from editor.types import STAGES, EditCancelled, EditSettings, InvalidInput
 from sessions.compose import App, compose
 from sessions.config import AppConfig, ConsoleConfig, DiscordConfig, OpsConfig, StorageConfig, load_config
 from sessions.errors import JobFailed, NotAllowed, NotFound, NothingToUndo, Postponed, Rejected, UserError
+from sessions.metrics import EditMetrics
 from sessions.models import Author, Job, JobKind, Place, Version
 from sessions.service import EditService, Ticket
+from sessions.store import StorageUnavailable
 
 __all__ = [
     "STAGES",
@@ -22,6 +24,7 @@ __all__ = [
     "ConsoleConfig",
     "DiscordConfig",
     "EditCancelled",
+    "EditMetrics",
     "EditService",
     "EditSettings",
     "InvalidInput",
@@ -38,9 +41,11 @@ __all__ = [
     "Progress",
     "Rejected",
     "StorageConfig",
+    "StorageUnavailable",
     "Ticket",
     "UserError",
     "Version",
     "compose",
+    "find_config",
     "load_config",
 ]

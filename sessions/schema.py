@@ -1,6 +1,7 @@
 """The database's tables: their migrations, and how their rows become records.
 
-The tables are created by numbered sqlite-utils migrations, applied by :meth:`Store.open`.
+The tables are created by numbered sqlite-utils migrations, applied by :func:`migrate` when
+:meth:`Store.open` opens the file.
 
 sqlite-utils applies each migration once, by name, in order, and records it in the database:
 a change to the schema is a new function below the others (``m002_...``), never an edit of
@@ -26,6 +27,18 @@ if TYPE_CHECKING:
 _Record = TypeVar("_Record", bound="DataclassInstance")
 
 MIGRATIONS = Migrations("sessions")
+
+
+def migrate(db: Database) -> None:
+    """Apply the migrations under one write lock: a second process opening a fresh database at the
+    same moment waits (``busy_timeout``), then finds them applied, instead of applying them twice."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        MIGRATIONS.apply(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 @MIGRATIONS()

@@ -30,6 +30,7 @@ from editor.worker import EditWorker
 from sessions.contact_sheet import draw_lineage
 from sessions.errors import NotAllowed, NotFound, NothingToUndo, Rejected, UserError
 from sessions.jobs import JobRunner, Ticket
+from sessions.metrics import EditMetrics
 from sessions.models import Author, Job, JobKind, Place, Version
 from sessions.store import Store
 
@@ -314,8 +315,13 @@ class EditService:
         return self._store.update_place(place, "options", changes)
 
     def stats(self) -> dict[str, Any]:
-        """Queue depth, jobs by state, cache size and recent latencies, for the ops endpoint."""
+        """Queue depth, the running job, jobs by state and cache size, for a health check."""
         return self._jobs.stats()
+
+    @property
+    def metrics(self) -> EditMetrics:
+        """This service's Prometheus metrics, for a transport's ops endpoint to serve."""
+        return self._jobs.metrics
 
     # --- internals ------------------------------------------------------------------------
 

@@ -72,6 +72,8 @@ class StandInEditor:
         self.started: list[str] = []
         #: Instruction -> what its edit raises (after any hold).
         self.failures: dict[str, BaseException] = {}
+        #: Instructions whose edit reports that the language model's fallback captions were used.
+        self.fallbacks: set[str] = set()
         self._gates: dict[str, threading.Event] = {}
 
     def hold(self, *instructions: str) -> None:
@@ -127,6 +129,7 @@ class StandInEditor:
             inversion=inversion,
             timings={"edit": (self.step_s + self.busy_s) * self.steps},
             counts=EditCounts(),
+            used_fallback_captions=checked.instruction in self.fallbacks,
         )
 
     def _caption_and_inversion(self, request: EditRequest) -> tuple[str, Inversion]:
