@@ -7,11 +7,18 @@ what its thread hands it. :class:`InProcess` is the editor of this process (``ba
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from editor.types import EditRequest, EditResult, StepCallback, SupportsEdit
+from editor.config import EngineConfig
+from editor.front import EditorFront
+from editor.types import EditRequest, EditResult, EditSettings, StepCallback, SupportsEdit
+
+if TYPE_CHECKING:
+    from editor.ray_replicas import RayReplicas
 
 
 @dataclass(frozen=True)
@@ -64,3 +71,32 @@ class InProcess:
         cancel: threading.Event | None = None,
     ) -> EditResult:
         return self.editor.edit(request, callback=callback, cancel=cancel)
+
+
+def start_ray_replicas(config: RayConfig, load: Callable[[], SupportsEdit]) -> RayReplicas:
+    """The replicas of ``backend: ray``; Ray is imported here, so the local backend never loads it.
+
+    A Ray this process starts itself (no ``address``) serves this machine only: its servers listen
+    on 127.0.0.1 and it reports no usage statistics. Ray reads both settings when imported.
+    """
+    if config.address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # "0": bind to 127.0.0.1
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from editor.ray_replicas import RayReplicas
+
+    return RayReplicas.start(config, load)
+
+
+def load_engine(engine: EngineConfig, defaults: EditSettings) -> SupportsEdit:
+    """What a replica loads: the engine (imported there, not in the bot)."""
+    from editor.engine import Editor
+
+    return Editor.load(engine, defaults)
+
+
+def engine_front(editor: SupportsEdit) -> EditorFront:
+    """Asked of a replica: its engine's front (limits, checks, inversion key), for the bot."""
+    from editor.engine import Editor
+
+    assert isinstance(editor, Editor), "replicas of the bot run the engine"
+    return editor.front

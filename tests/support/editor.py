@@ -7,10 +7,14 @@ language-model call when the request brings no captions. A job can be held befor
 first step (and is then cancellable) so tests decide the order of events instead of
 timing them; ``failures`` makes a named job raise. Each step can sleep (``step_s``, a
 job that waits) or spin (``busy_s``, a job that holds the GIL like Python-heavy work).
+
+On Ray replicas the stand-in lives in other processes, so holds and the record of started jobs
+go through a :class:`Board`, a folder the test and every replica share.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +45,45 @@ _HOLD_POLL_S = 0.002
 
 
 @dataclass(frozen=True)
+class Board:
+    """Holds and starts shared between a test and stand-ins in other processes (Ray replicas)."""
+
+    folder: Path
+
+    def hold(self, *instructions: str) -> None:
+        for instruction in instructions:
+            (self.folder / f"hold-{instruction}").touch()
+
+    def release(self, instruction: str) -> None:
+        (self.folder / f"hold-{instruction}").unlink()
+
+    def held(self, instruction: str) -> bool:
+        return (self.folder / f"hold-{instruction}").exists()
+
+    def record_start(self, instruction: str) -> None:
+        with (self.folder / "started").open("a", encoding="utf-8") as log:
+            log.write(f"{instruction} {os.getpid()}\n")
+
+    def started(self) -> list[tuple[str, int]]:
+        """(instruction, pid of the process that runs it), in the order the edits began."""
+        log = self.folder / "started"
+        lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+        return [(name, int(pid)) for name, pid in (line.split() for line in lines)]
+
+
+@dataclass(frozen=True)
+class BoardStandIn:
+    """Builds a stand-in in a replica's process (picklable), its holds and starts on ``board``."""
+
+    board: Board
+    steps: int = 3
+    step_s: float = 0.0
+
+    def __call__(self) -> StandInEditor:
+        return StandInEditor(board=self.board, steps=self.steps, step_s=self.step_s)
+
+
+@dataclass(frozen=True)
 class Checked:
     image: Image.Image
     instruction: str
@@ -59,6 +102,7 @@ class StandInEditor:
         busy_s: float = 0.0,
         defaults: EditSettings = DEFAULTS,
         limits: LimitsConfig = LIMITS,
+        board: Board | None = None,
     ) -> None:
         self.steps = steps
         self.step_s = step_s
@@ -73,6 +117,7 @@ class StandInEditor:
         #: Instruction -> what its edit raises (after any hold).
         self.failures: dict[str, BaseException] = {}
         self._gates: dict[str, threading.Event] = {}
+        self.board = board
 
     def hold(self, *instructions: str) -> None:
         for instruction in instructions:
@@ -104,6 +149,11 @@ class StandInEditor:
         gate = self._gates.get(checked.instruction)
         while gate is not None and not gate.wait(_HOLD_POLL_S):
             raise_if_cancelled(cancel)
+        if self.board is not None:
+            self.board.record_start(checked.instruction)
+            while self.board.held(checked.instruction):
+                raise_if_cancelled(cancel)
+                time.sleep(_HOLD_POLL_S)
         if checked.instruction in self.failures:
             raise self.failures[checked.instruction]
         caption, inversion = self._caption_and_inversion(request)
