@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from PIL import Image
 
 from editor.config import LimitsConfig
 from editor.images import check_instruction, load_image
+from editor.replicas import Replica
 from editor.types import (
     EditCounts,
     EditRequest,
@@ -42,6 +44,8 @@ RESOLUTION = 32
 DEFAULTS = EditSettings(steps=4, num_captions=2)
 #: How often a held job looks for its release or a cancel.
 _HOLD_POLL_S = 0.002
+#: The same through a board (a file's presence), read by processes that share the machine's cores.
+_BOARD_POLL_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ class StandInEditor:
             self.board.record_start(checked.instruction)
             while self.board.held(checked.instruction):
                 raise_if_cancelled(cancel)
-                time.sleep(_HOLD_POLL_S)
+                time.sleep(_BOARD_POLL_S)
         if checked.instruction in self.failures:
             raise self.failures[checked.instruction]
         caption, inversion = self._caption_and_inversion(request)
@@ -205,13 +209,23 @@ class StandInEditor:
             pass
 
 
-def stand_in_app(database: Path, editor: StandInEditor, *, per_user_cap: int = 3) -> App:
-    """The real store, worker and service around ``editor``, composed as ``bot.py`` composes them."""
+def stand_in_app(
+    database: Path, editor: StandInEditor, *, per_user_cap: int = 3, replicas: Sequence[Replica] | None = None
+) -> App:
+    """The real store, worker and service around ``editor``, composed as ``bot.py`` composes them.
+
+    With ``replicas`` (Ray replicas running stand-ins) the jobs run there; ``editor`` checks requests.
+    """
     config = AppConfig.from_mapping(
         {
             "storage": {"database": str(database)},
-            "worker": {"max_queue": 10, "per_user_cap": per_user_cap, "job_timeout_s": 30.0},
+            "worker": {
+                "max_queue": 10,
+                "per_user_cap": per_user_cap,
+                "job_timeout_s": 30.0,
+                "backend": "local" if replicas is None else "ray",
+            },
         },
         database.parent,
     )
-    return compose(config, editor=editor)
+    return compose(config, editor=editor, replicas=replicas)
