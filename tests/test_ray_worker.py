@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import torch
 from PIL import Image
 
 from editor.progress import Progress
 from editor.replicas import RayConfig, start_ray_replicas
 from editor.types import EditCancelled, EditRequest
-from editor.worker import EditWorker, UserLimitReached, WorkerConfig
+from editor.worker import EditFailed, EditWorker, UserLimitReached, WorkerConfig
 from sessions import App, Author, JobFailed, Place
 from tests.support.db_checks import database_problems
 from tests.support.editor import Board, BoardStandIn, StandInEditor, stand_in_app
@@ -64,7 +65,10 @@ def replicas(board: Board) -> Iterator[RayReplicas]:
     """Two stand-in replicas on a Ray this module starts: loopback only, no token file, no usage report."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     config = RayConfig(replicas=2, gpus_per_replica=0, cpus_per_replica=1, hang_timeout_s=3.0)
-    pool = start_ray_replicas(config, BoardStandIn(board, steps=5, step_s=0.01))
+    cuda_error = torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    pool = start_ray_replicas(
+        config, BoardStandIn(board, steps=5, step_s=0.01, failures=(("cuda-error", cuda_error),))
+    )
     assert {info.node for info in pool.up} == {"127.0.0.1"}
     yield pool
     pool.close()
@@ -215,3 +219,15 @@ async def test_a_job_that_loses_two_replicas_is_reported_and_nothing_is_lost(app
     assert app.service.image_png(after.id).startswith(b"\x89PNG")
     assert app.store.job_counts() == {"done": 1, "failed": 1}
     assert database_problems(app.store) == []
+
+
+async def test_a_cuda_error_replaces_the_replica_and_the_job_runs_once_more(make_worker, board):
+    """A CUDA error leaves the device unusable: the replica is replaced, the job tried elsewhere."""
+    worker = await make_worker()
+    with pytest.raises(EditFailed, match="crashed twice"):
+        await worker.submit("cuda-error", "alice", request("cuda-error")).result()
+
+    first, second = starts(board, "cuda-error")
+    assert first != second
+    assert (await worker.submit("after-cuda", "bob", request("after-cuda")).result()).caption == "after-cuda"
+    assert not {first, second} & set(starts(board, "after-cuda")), "the failed processes were replaced"

@@ -82,9 +82,13 @@ class BoardStandIn:
     board: Board
     steps: int = 3
     step_s: float = 0.0
+    #: (instruction, what its edit raises), as ``StandInEditor.failures``.
+    failures: tuple[tuple[str, BaseException], ...] = ()
 
     def __call__(self) -> StandInEditor:
-        return StandInEditor(board=self.board, steps=self.steps, step_s=self.step_s)
+        editor = StandInEditor(board=self.board, steps=self.steps, step_s=self.step_s)
+        editor.failures.update(self.failures)
+        return editor
 
 
 @dataclass(frozen=True)
