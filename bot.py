@@ -128,15 +128,9 @@ def _transport(app: App, args: argparse.Namespace, token: str) -> Coroutine[Any,
 
 def report_check(app: App, token: str) -> int:
     """The verdict of ``--check``: what was loaded, where, and whether a token is set (never its value)."""
-    from editor.engine import Editor  # already imported by compose: the models are loaded
-
     config: AppConfig = app.config
-    loaded = app.editor
-    assert isinstance(loaded, Editor), "--check reports on the real engine"
-    device = loaded.diffusion.device
-    dtype = str(loaded.diffusion.dtype).removeprefix("torch.")
     print(
-        f"OK: {config.path or 'the built-in config'} is valid; models loaded on {device} ({dtype}); "
+        f"OK: {config.path or 'the built-in config'} is valid; {_where_the_models_are(app)}; "
         f"database {config.storage.database_path} is ready."
     )
     print(f"Prompt templates: {', '.join(app.service.templates)}.")
@@ -146,6 +140,24 @@ def report_check(app: App, token: str) -> int:
         else "DISCORD_TOKEN is not set: `python bot.py` starts the console chat."
     )
     return 0
+
+
+def _where_the_models_are(app: App) -> str:
+    """The device and dtype of the models in this process, or the Ray replicas that hold them."""
+    if app.replicas is not None:
+        from editor.front import EditorFront
+
+        assert isinstance(app.editor, EditorFront), "--check reports on the real engine"
+        up = app.replicas.up
+        return (
+            f"{len(up)} of {app.config.worker.ray.replicas} editor replicas up on Ray "
+            f"({app.editor.dtype.removeprefix('torch.')}): {', '.join(info.describe() for info in up)}"
+        )
+    from editor.engine import Editor  # already imported by compose: the models are loaded
+
+    assert isinstance(app.editor, Editor), "--check reports on the real engine"
+    dtype = str(app.editor.diffusion.dtype).removeprefix("torch.")
+    return f"models loaded on {app.editor.diffusion.device} ({dtype})"
 
 
 def _login_name() -> str:

@@ -24,8 +24,6 @@ never sit on the GPU while the UNet works; ``engine.compile: true`` compiles the
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -44,7 +42,7 @@ from editor.captions import CaptionSet, CaptionWriter
 from editor.config import EngineConfig, LimitsConfig
 from editor.diffusion import DiffusionModels, UNetCounter
 from editor.direction import ClipTokenLimit, edit_direction
-from editor.images import check_instruction, load_image
+from editor.front import EditorFront, PreparedInput
 from editor.language_model import CausalLanguageModel
 from editor.types import (
     EditCounts,
@@ -75,13 +73,6 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
-
-
-@dataclass(frozen=True)
-class PreparedInput:
-    image: Image.Image
-    instruction: str
-    settings: EditSettings
 
 
 #: Settings the shared inversion and reconstruction depend on: edits made together share them.
@@ -163,38 +154,22 @@ class Editor:
         return self.caption_writer.template_names
 
     @property
+    def front(self) -> EditorFront:
+        """What the bot needs without the models; a remote replica sends it to the bot."""
+        return EditorFront(self.config, self.defaults, self.template_names, str(self.diffusion.dtype))
+
+    @property
     def limits(self) -> LimitsConfig:
         """The input limits ``check_inputs`` enforces, so transports can refuse early."""
         return self.config.limits
 
     def inversion_key(self, settings: EditSettings) -> str:
         """What an inversion depends on besides the image and its caption."""
-        facts = {
-            "model": self.config.models.diffusion,
-            "resolution": self.config.resolution,
-            "dtype": str(self.diffusion.dtype),
-            "steps": settings.steps,
-            "regularisation": self.config.inversion.__dict__,
-        }
-        digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
-        return digest[:16]
+        return self.front.inversion_key(settings)
 
     def check_inputs(self, request: EditRequest) -> PreparedInput:
         """Raise :class:`InvalidInput` with a message for the user before any model runs."""
-        if not isinstance(request.settings, EditSettings):
-            raise InvalidInput("Edit settings are missing.")
-        request.settings.validate(self.template_names)
-        if not isinstance(request.seed, int) or not 0 <= request.seed < 2**63:
-            raise InvalidInput("The seed must be a whole number between 0 and 2**63 - 1.")
-        if request.caption is not None and not request.caption.strip():
-            raise InvalidInput("A caption override must not be empty.")
-        if request.captions is not None:
-            before, after = request.captions
-            if not after or not all(isinstance(c, str) and c.strip() for c in before + after):
-                raise InvalidInput("Caption overrides need at least one non-empty after caption.")
-        instruction = check_instruction(request.instruction, self.limits)
-        image = load_image(request.image, self.limits, self.config.resolution)
-        return PreparedInput(image=image, instruction=instruction, settings=request.settings)
+        return self.front.check_inputs(request)
 
     def edit(
         self,

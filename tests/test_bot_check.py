@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+from tests.support.discord.bot_process import write_bot_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,3 +94,14 @@ def test_check_reports_a_database_path_that_cannot_work_in_one_line(
         in done.stderr
     )
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_check_with_ray_says_how_many_replicas_are_up_and_where(tmp_path: Path, tiny_config: Path) -> None:
+    sections = {"worker": {"backend": "ray", "ray": {"replicas": 2, "gpus_per_replica": 0}}}
+    config = write_bot_config(tiny_config, tmp_path / "bot.db", sections)
+    # Without an address the bot starts its own Ray, on 127.0.0.1 only; no token file in $HOME.
+    done = _check(config, RAY_AUTH_MODE="disabled")
+    assert done.returncode == 0, done.stderr
+    assert "2 of 2 editor replicas up on Ray (float32): replica 0 on 127.0.0.1 (CPU, pid" in done.stdout
+    assert "replica 1 on 127.0.0.1 (CPU, pid" in done.stdout
