@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import statistics
 import sys
@@ -133,11 +132,12 @@ def serve_stub() -> None:
     Started by the test launcher (``tests/support/discord/launcher.py``), which has already
     pointed discord.py at the fake Discord.
     """
+    from editor.logs import setup_logging
     from handlers.discord.bot import run_discord
     from sessions import compose, load_config
     from tests.support.editor import StandInEditor
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = load_config(Path(sys.argv[sys.argv.index("--config") + 1]))
     app = compose(config, editor=StandInEditor(step_s=0.01, steps=10, defaults=config.edit))
     try:

@@ -6,9 +6,10 @@
 Weight values do not change speed, so random full-size models give real timings without a
 download. Every run of ours is a whole fresh edit (BLIP, inversion, language model,
 reconstruction + guided edit, decode). Random weights make the language model's answers
-unparseable, so it gets one attempt of at most ``--lm-tokens`` tokens (then the fallback
-captions): its decode is timed apart, with its token count. ``edit_many`` rows are K
-variations of one image (caption overrides) on one inversion, as edits/s relative to K=1.
+unparseable, so it gets one attempt of at most ``--lm-tokens`` tokens per caption, for 2N
+captions and the list layout (then the fallback captions): its decode is timed apart, with
+its token count. ``edit_many`` rows are K variations of one image (caption overrides) on one
+inversion, as edits/s relative to K=1.
 The reference runs last, on the eager editor's own UNet (it rewires it), with BLIP and Phi-2
 moved off the device so that its peak memory is its own.
 
@@ -38,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edit_bench import PeakMemory, measure_many, measure_reference, reference_pipeline
 
-from editor.captions import CausalLanguageModel
 from editor.config import edit_defaults, engine_config, load_yaml
 from editor.engine import Editor
+from editor.language_model import CausalLanguageModel
 from editor.types import EditRequest, EditResult
 
 
@@ -84,7 +85,7 @@ def load_editor(config_path: Path, args: argparse.Namespace, **engine: Any) -> E
     section = dict(data.get("engine") or {})
     section["language_model"] = {
         **section.get("language_model", {}),
-        "max_new_tokens": args.lm_tokens,
+        "caption_tokens": args.lm_tokens,
         "max_attempts": 1,
     }
     compile_backend = engine.pop("compile_backend", None)
@@ -247,7 +248,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", default=None, help="comma-separated step counts (default 50,20; tiny 4,2)")
     parser.add_argument("--many-steps", type=int, help="steps of the edit_many rows (default 20; tiny 2)")
     parser.add_argument("--ks", default=None, help="edit_many batch sizes (default 1,2,4,8; tiny 1,2)")
-    parser.add_argument("--lm-tokens", type=int, default=150, help="language-model tokens per edit")
+    parser.add_argument(
+        "--lm-tokens", type=int, default=32, help="language-model tokens per caption (engine caption_tokens)"
+    )
     parser.add_argument(
         "--runs", default="eager,reference,offload,compiled", help="which runs, in this order"
     )

@@ -6,6 +6,7 @@ Run from the repository root::
     python bench/queue_bench.py --job-ms 5      # each stand-in edit sleeps 5 ms (10 steps)
     python bench/queue_bench.py --tiny          # also: event-loop lag while tiny edits run
     python bench/queue_bench.py --tiny --torch-threads 1   # steadier on a shared 2-core box
+    python bench/queue_bench.py --backend ray --replicas 1 2   # Ray replicas (bench/ray_runs.py)
 
 Part 1 (the tests' stand-in editor, tinting an 8x8 picture): for each number of requesters,
 every requester submits jobs one after another (waits for each result before the next), all
@@ -18,6 +19,9 @@ Part 2 (``--tiny``): a 10 ms periodic task measures how late the event loop wake
 (lag), first with an idle worker, then while the worker runs real edits on the tiny
 random-weight models (``editor.tiny`` + ``editor.engine.Editor``), and finally while one
 edit runs directly on the event loop instead, to show what the worker saves.
+
+``--backend ray`` measures the worker on Ray replicas instead (bench/ray_runs.py): 20 requesters
+x 3 tiny edits on the local backend and on 1 and 2 replicas in one run, and the dispatch overhead.
 """
 
 from __future__ import annotations
@@ -220,11 +224,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tiny-steps", type=int, default=4, help="diffusion steps of each tiny edit")
     parser.add_argument("--idle-s", type=float, default=3.0, help="length of the idle phase")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: default)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: bench/ray_runs.py")
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="replica counts (ray)")
+    parser.add_argument("--requesters", type=int, default=20, help="requesters at once (ray)")
+    parser.add_argument("--edits", type=int, default=3, help="edits per requester, one after another (ray)")
+    parser.add_argument("--overhead-jobs", type=int, default=200, help="empty jobs in a row (ray)")
     return parser.parse_args()
 
 
 async def main() -> None:
     args = parse_args()
+    if args.backend == "ray":
+        from ray_runs import ray_main  # next to this script, as edit_bench imports full_size_models
+
+        await ray_main(
+            sorted(args.replicas), args.requesters, args.edits, args.tiny_steps, args.overhead_jobs
+        )
+        return
     request = stub_request()
     runs = [
         await queue_run(users, max(1, args.jobs // users), args.job_ms / 1000, request)

@@ -1,15 +1,19 @@
-"""Command line: ``python -m editor edit IN "add a hat" -o OUT`` and ``python -m editor tiny-models DIR``."""
+"""Command line: ``python -m editor edit IN "add a hat" -o OUT`` and ``python -m editor tiny-models DIR``.
+
+Installed, ``onthefly-edit`` is the same command. Progress bars and log lines share the terminal
+without garbling each other (``editor.logs``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from editor.config import ConfigError, edit_defaults, engine_config, load_yaml
+from editor.config import ConfigError, edit_defaults, engine_config, find_config, load_yaml
+from editor.logs import setup_logging
 from editor.types import STAGES, EditCancelled, EditRequest, InvalidInput
 
 if TYPE_CHECKING:
@@ -17,14 +21,22 @@ if TYPE_CHECKING:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m editor", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="onthefly-edit", description="Edit an image with an instruction (Pix2Pix-OnTheFly)."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    loudness = common.add_mutually_exclusive_group()
+    loudness.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    loudness.add_argument("--verbose", action="store_true", help="log debugging details too")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    edit = commands.add_parser("edit", help="edit one image with an instruction")
+    edit = commands.add_parser("edit", help="edit one image with an instruction", parents=[common])
     edit.add_argument("input", type=Path, help="the image to edit")
     edit.add_argument("instruction", help='what to change, e.g. "add a hat"')
     edit.add_argument("-o", "--output", type=Path, required=True, help="where to write the edited image")
-    edit.add_argument("--config", type=Path, default=Path("config.yaml"))
+    edit.add_argument(
+        "--config", type=Path, help="config file (default: ./config.yaml if there is one, else the defaults)"
+    )
     edit.add_argument("--steps", type=int, help="DDIM steps (overrides the config)")
     edit.add_argument("--seed", type=int, default=42)
     edit.add_argument("--save-inversion", type=Path, help="also write the inversion, to reuse it later")
@@ -34,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         "tiny-models",
         help="write the engine's tiny random-weight models and a config for them "
         "(python -m evaluation tiny-models adds CLIP and DINO)",
+        parents=[common],
     )
     tiny.add_argument("folder", type=Path)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(-1 if args.quiet else 1 if args.verbose else 0)
     if args.command == "tiny-models":
         from editor.tiny import write_tiny_models
 
@@ -49,11 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _edit(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from editor.engine import Editor
     from editor.types import Inversion
 
     try:
-        data = load_yaml(args.config)
+        data = load_yaml(find_config(args.config))
         defaults = edit_defaults(data)
         if args.steps is not None:
             defaults = replace(defaults, steps=args.steps)
@@ -62,13 +77,14 @@ def _edit(args: argparse.Namespace) -> int:
         editor = Editor.load(engine_config(data), defaults)
         request = EditRequest(image=image, instruction=args.instruction, settings=defaults, seed=args.seed)
         request = replace(request, inversion=inversion)
-        with _StageBars() as bars:
+        with logging_redirect_tqdm(), _StageBars() as bars:
             result = editor.edit(request, callback=bars.update)
     except (ConfigError, InvalidInput, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"error: {error.filename}: {error.strerror}", file=sys.stderr)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except (EditCancelled, KeyboardInterrupt):
         print("cancelled", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 A prompt template (a ``.txt`` file with ``{instruction}`` and ``{n}`` placeholders) is
 followed by the answer's start, which this module writes itself so that prompt, stopping
-rule and parser agree on one format::
+rule and parser (:mod:`editor.caption_parser`) agree on one format::
 
     Before transformation:
     1. <BLIP caption>          <- only with the caption lock
@@ -10,19 +10,23 @@ rule and parser agree on one format::
 With the caption lock (the paper's trick) the language model continues from a true
 description of the image, and the parser reads the answer's start plus the generated
 text, so the locked caption is always ``before[0]``. Without the lock the prompt ends at
-the heading.
+the heading. Numbered example lists in a template are cut to N items, as the paper cut its
+examples to N, so the examples never show a longer answer than the one asked for.
 
-Generation is bounded: at most ``max_new_tokens`` per attempt, and it stops as soon as
-the after-list holds N complete lines. Sampling is seeded per edit (the first attempt
-uses ``seed``, the next ``seed + 1`` and so on), so retries differ yet every edit is
-reproducible; the process-wide RNG is left as it was. An answer that does not parse is
-retried, up to ``max_attempts`` attempts (one when sampling is off: greedy decoding would
-only repeat itself).
+Generation is bounded by a budget derived from N: the tokens of the answer's layout plus
+``caption_tokens`` per caption the model writes, so any N up to the limit fits; it stops as
+soon as the after-list holds N complete lines. Sampling is seeded per edit (the first
+attempt uses ``seed``, the next ``seed + 1`` and so on), so retries differ yet every edit is
+reproducible; the process-wide RNG is left as it was. An answer is retried, up to
+``max_attempts`` attempts (one when sampling is off: greedy decoding would only repeat
+itself), when it does not parse, when a caption cannot be shortened to the text encoder's
+token limit, or when its two lists say the same thing within that limit.
 
-Fallback, when no attempt parses: before = (caption,) and after =
-("<caption>, <instruction>",). The after caption then differs from the before caption
-exactly by the instruction's words, so the CLIP edit direction still points at the
-requested change, only less precisely than N paraphrases would.
+Fallback, when no attempt succeeds: before = (caption,) and after =
+("<caption>, <instruction>",), the caption shortened at a word boundary when both would not
+fit the text encoder. The after caption then differs from the before caption exactly by the
+instruction's words, so the CLIP edit direction still points at the requested change, only
+less precisely than N paraphrases would. :class:`CaptionSet` says when it was used.
 """
 
 from __future__ import annotations
@@ -31,50 +35,34 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from editor.caption_parser import (
+    AFTER_HEADING,
+    answer_start,
+    clean_caption,
+    is_caption,
+    parse_captions,
+    read_lists,
+    same_captions,
+)
 from editor.config import LanguageModelConfig
 from editor.types import EditSettings, InvalidInput, raise_if_cancelled
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    pass
 
 log = logging.getLogger(__name__)
-
-BEFORE_HEADING = "Before transformation:"
-AFTER_HEADING = "After transformation:"
-
-#: Captions are cut to this many characters (at a word boundary when possible):
-#: CLIP reads 77 tokens anyway, and a runaway line must not flood logs or messages.
-MAX_CAPTION_CHARS = 250
 
 #: The prompt templates shipped with the project.
 SHIPPED_TEMPLATES = Path(__file__).with_name("prompts")
 
 _PLACEHOLDER = re.compile(r"\{(instruction|n)\}")
-_MARKER = re.compile(r"^(?:\(?\d{1,3}[.):]\)?[*_]*(?:\s+|$)|[-*+–—](?:\s+|$)|[•·▪◦]\s*)")
-_DECORATION = "*_`#>-•· \t"
-_EMPHASIS = "*_`"
-_QUOTES = "\"'“”‘’«»„"
-_HEADING = re.compile(
-    r"(?:captions?\s+)?(?P<side>before|after)"
-    r"(?:[\s_-]+(?:the\s+)?(?:transformation|edit|editing|change))?"
-    r"(?:\s+captions?)?\s*(?:\([^)]{0,40}\))?"
-    r"[\s*_`]*(?P<colon>[:：])?[\s*_`]*(?P<rest>.*)",
-    re.IGNORECASE,
-)
-_LABEL = re.compile(
-    r"(?:edit\s+)?(?:instruction|input|output|example|task|note|explanation|answer|question|prompt|"
-    r"description|result)s?\b[^:：]{0,30}[:：]",
-    re.IGNORECASE,
-)
+_EXAMPLE_ITEM = re.compile(r"^(\d+)\. .*\n?", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -83,6 +71,7 @@ class CaptionSet:
 
     ``generate_calls`` counts the calls to the model's ``generate`` (one per attempt at a
     well-formed answer), so the engine's counts need no knowledge of the retry policy.
+    ``shortened`` counts captions cut at a word boundary to fit the text encoder.
     """
 
     before: tuple[str, ...]
@@ -90,6 +79,7 @@ class CaptionSet:
     used_fallback: bool
     generate_calls: int
     tokens: int
+    shortened: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,121 +93,90 @@ class Generation:
 
 
 class TextGenerator(Protocol):
-    """Continue ``prompt``; stop early once ``done(text_so_far)`` or ``cancel`` is set."""
+    """Continue ``prompt`` by at most ``max_new_tokens``; stop early once ``done(text_so_far)``
+    or ``cancel`` is set. ``count_tokens`` measures text in the same tokens."""
 
     def __call__(
         self,
         prompt: str,
         *,
         seed: int,
+        max_new_tokens: int,
         done: Callable[[str], bool],
         cancel: threading.Event | None,
     ) -> Generation: ...
 
-
-def clean_caption(text: str) -> str:
-    """One tidy caption line: no list marker, wrapping quotes or markup, bounded length.
-
-    Applied until nothing changes, so cleaning a cleaned caption gives it back unchanged.
-    """
-    previous = None
-    while text != previous:
-        previous = text
-        text = _clean_once(text)
-    return text
+    def count_tokens(self, text: str) -> int: ...
 
 
-def _clean_once(text: str) -> str:
-    text = " ".join(text.split()).strip(_EMPHASIS + " ")
-    if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
-        inner = text[1:-1]
-        if not any(quote in inner for quote in _QUOTES):
-            text = inner.strip()
-    text = _MARKER.sub("", text, count=1)
-    if len(text) > MAX_CAPTION_CHARS:
-        cut = text[:MAX_CAPTION_CHARS]
-        space = cut.rfind(" ")
-        text = cut[:space] if space > MAX_CAPTION_CHARS // 2 else cut
-    return text.rstrip()
+class TokenLimit(Protocol):
+    """The text encoder's limit on one caption (:class:`editor.direction.ClipTokenLimit`)."""
+
+    limit: int
+
+    def count(self, text: str) -> int: ...
+
+    def shorten(self, text: str, limit: int | None = None) -> str | None: ...
 
 
-def _is_caption(text: str) -> bool:
-    return any(character.isalnum() for character in text)
-
-
-def answer_start(locked_caption: str | None) -> str:
-    """The before heading, then the locked caption as item 1 when there is one."""
-    return format_list(BEFORE_HEADING, (locked_caption,) if locked_caption else ())
-
-
-def format_list(heading: str, captions: tuple[str, ...]) -> str:
-    """A heading and a numbered list, the layout the templates' examples and the parser use."""
-    return heading + "\n" + "".join(f"{index}. {caption}\n" for index, caption in enumerate(captions, 1))
+def cut_examples(template_text: str, n: int) -> str:
+    """The template with every numbered example item past ``n`` removed."""
+    return _EXAMPLE_ITEM.sub(lambda item: "" if int(item[1]) > n else item[0], template_text)
 
 
 def build_prompt(template_text: str, instruction: str, caption: str, n: int, lock: bool) -> str:
     """The template with its placeholders filled, ending where the model's answer begins."""
     values = {"instruction": " ".join(instruction.split()), "n": str(n)}
-    body = _PLACEHOLDER.sub(lambda match: values[match.group(1)], template_text).rstrip()
+    body = _PLACEHOLDER.sub(lambda match: values[match.group(1)], cut_examples(template_text, n)).rstrip()
     locked = clean_caption(caption) if lock else None
-    if lock and not (locked and _is_caption(locked)):
+    if lock and not (locked and is_caption(locked)):
         raise ValueError("the caption lock needs a caption with words in it")
     return body + "\n" + answer_start(locked)
 
 
-def parse_captions(text: str, n: int) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """The first ``n`` before and ``n`` after captions in ``text``, or None.
+def answer_budget(count_tokens: Callable[[str], int], n: int, lock: bool, caption_tokens: int) -> int:
+    """Tokens a well-formed answer may take: its layout after the prompt, plus
+    ``caption_tokens`` for each caption the model writes (2N, one less with the lock)."""
+    first = 2 if lock else 1
+    layout = "".join(f"{index}. \n" for index in range(first, n + 1))
+    layout += "\n" + AFTER_HEADING + "\n" + "".join(f"{index}. \n" for index in range(1, n + 1))
+    return count_tokens(layout) + (2 * n - (first - 1)) * caption_tokens
 
-    ``text`` is the answer's start plus the generation. Headings may take any case,
-    colons and markdown; items may be numbered, bulleted or plain lines. Empty lines and
-    lines without letters or digits are skipped; a new example (``Instruction: ...``) or a
-    repeated heading ends a list. Text after the n-th after caption is ignored. None when
-    a heading is missing or either list has fewer than ``n`` captions.
-    """
-    lists: dict[str, list[str]] = {"before": [], "after": []}
-    side: str | None = None
-    for raw_line in text.splitlines():
-        line = raw_line.strip()
-        if not line:
-            continue
-        kind, rest = _classify(line)
-        if kind in lists:
-            starts_next_list = (side, kind) in ((None, "before"), ("before", "after"))
-            repeats_heading = side == kind and not lists[kind]
-            if not (starts_next_list or repeats_heading):
-                break  # a new answer begins, or the after-list came first
-            side = kind
-            line = rest
-        elif kind == "label":
-            if side is not None:
-                break
-            continue
-        if side is None:
-            continue
-        caption = clean_caption(line)
-        if _is_caption(caption) and len(lists[side]) < n:
-            lists[side].append(caption)
-        if len(lists["after"]) == n:
-            break
-    if len(lists["before"]) < n or len(lists["after"]) < n:
+
+def fit_captions(captions: tuple[str, ...], limit: TokenLimit | None) -> tuple[tuple[str, ...], int] | None:
+    """The captions shortened to the text encoder's limit and how many were; None if one cannot be."""
+    if limit is None:
+        return captions, 0
+    fitted = [limit.shorten(caption) for caption in captions]
+    kept = tuple(caption for caption in fitted if caption is not None)
+    if len(kept) < len(captions):
         return None
-    return tuple(lists["before"]), tuple(lists["after"])
+    return kept, sum(a != b for a, b in zip(captions, kept, strict=True))
 
 
-def _classify(line: str) -> tuple[str, str]:
-    """("before" | "after", inline rest), ("label", ""), or ("item", line)."""
-    bare = line.lstrip(_DECORATION)  # numbered lines keep their digit, so they never match below
-    heading = _HEADING.fullmatch(bare)
-    if heading and (heading["colon"] or not heading["rest"]):
-        return heading["side"].lower(), heading["rest"]
-    if _LABEL.match(bare) or line.startswith("#"):
-        return "label", ""
-    return "item", line
+def fallback_captions(
+    caption: str, instruction: str, limit: TokenLimit | None = None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The caption alone before; the caption with the instruction appended after.
 
-
-def fallback_captions(caption: str, instruction: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The caption alone before; the caption with the instruction appended after."""
-    return (caption,), (clean_caption(f"{caption}, {instruction}"),)
+    When both do not fit the text encoder, the caption is shortened at a word boundary on
+    both sides, so that the instruction's words are still the whole difference.
+    """
+    instruction = " ".join(instruction.split())
+    joined = clean_caption(f"{caption}, {instruction}")
+    if limit is None or limit.count(joined) <= limit.limit:
+        return (caption,), (joined,)
+    room = limit.limit - limit.count(f", {instruction}")
+    prefix = limit.shorten(caption, room) if room > 0 else None
+    while prefix is not None and limit.count(f"{prefix}, {instruction}") > limit.limit:
+        room -= 1
+        prefix = limit.shorten(caption, room) if room > 0 else None
+    if prefix is None:
+        raise InvalidInput(
+            f"The instruction is too long for the text encoder ({limit.count(instruction)} tokens; "
+            f"it and a few words of the caption must fit in {limit.limit}). Please shorten it."
+        )
+    return (prefix,), (f"{prefix}, {instruction}",)
 
 
 def load_templates(folder: str | Path) -> dict[str, str]:
@@ -238,8 +197,8 @@ class CaptionWriter:
     def __init__(
         self, templates: Mapping[str, str], lm: LanguageModelConfig, generate_text: TextGenerator
     ) -> None:
-        if lm.max_attempts < 1 or lm.max_new_tokens < 1:
-            raise ValueError("language_model.max_attempts and max_new_tokens must be at least 1")
+        if lm.max_attempts < 1 or lm.caption_tokens < 1:
+            raise ValueError("language_model.max_attempts and caption_tokens must be at least 1")
         self.templates = dict(templates)
         self.lm = lm
         self.generate_text = generate_text
@@ -249,11 +208,17 @@ class CaptionWriter:
         cls, path: str, device: torch.device | str, dtype: torch.dtype, lm: LanguageModelConfig
     ) -> CaptionWriter:
         templates = load_templates(lm.templates_dir or SHIPPED_TEMPLATES)
+        from editor.language_model import CausalLanguageModel
+
         return cls(templates, lm, CausalLanguageModel.from_pretrained(path, device, dtype, lm))
 
     @property
     def template_names(self) -> tuple[str, ...]:
         return tuple(sorted(self.templates))
+
+    def budget(self, n: int, lock: bool) -> int:
+        """New tokens allowed per attempt for N captions a side."""
+        return answer_budget(self.generate_text.count_tokens, n, lock, self.lm.caption_tokens)
 
     def write(
         self,
@@ -261,141 +226,70 @@ class CaptionWriter:
         caption: str,
         settings: EditSettings,
         seed: int,
+        *,
         cancel: threading.Event | None = None,
+        limit: TokenLimit | None = None,
     ) -> CaptionSet:
-        """N before and N after captions for ``instruction``, or the fallback pair."""
+        """N before and N after captions for ``instruction``, or the fallback pair.
+
+        ``limit`` (the text encoder's) shortens captions that would not fit it, and refuses
+        answers whose lists become the same once shortened.
+        """
         template = self.templates.get(settings.template)
         if template is None:
             raise InvalidInput(
                 f"Unknown prompt template {settings.template!r}; known: {', '.join(self.template_names)}."
             )
         locked = clean_caption(caption)
-        if not _is_caption(locked):
+        if not is_caption(locked):
             raise InvalidInput("The image description is empty; please describe the image in words.")
         n = settings.num_captions
         prompt = build_prompt(template, instruction, locked, n, settings.caption_lock)
         start = answer_start(locked if settings.caption_lock else None)
+        budget = self.budget(n, settings.caption_lock)
 
         def done(generated: str) -> bool:
-            return parse_captions(start + generated, n) is not None
+            return read_lists(start + generated, n).complete
 
         attempts = self.lm.max_attempts if self.lm.do_sample else 1
         tokens = 0
         for attempt in range(1, attempts + 1):
             raise_if_cancelled(cancel)
-            generation = self.generate_text(prompt, seed=seed + attempt - 1, done=done, cancel=cancel)
+            generation = self.generate_text(
+                prompt, seed=seed + attempt - 1, max_new_tokens=budget, done=done, cancel=cancel
+            )
             tokens += generation.tokens
             raise_if_cancelled(cancel)
             text = generation.text
             if generation.truncated:
                 text = text[: text.rfind("\n") + 1]
-            parsed = parse_captions(start + text, n)
-            if parsed is not None:
-                before, after = parsed
-                return CaptionSet(before, after, used_fallback=False, generate_calls=attempt, tokens=tokens)
-            log.info("caption attempt %d/%d did not parse", attempt, attempts)
-        log.warning("no well-formed captions after %d attempts; using the fallback captions", attempts)
-        before, after = fallback_captions(locked, instruction)
+            accepted = self._accept(parse_captions(start + text, n), limit)
+            if accepted is not None:
+                (before, after), shortened = accepted
+                return CaptionSet(
+                    before,
+                    after,
+                    used_fallback=False,
+                    generate_calls=attempt,
+                    tokens=tokens,
+                    shortened=shortened,
+                )
+            log.info("caption attempt %d/%d gave no usable captions", attempt, attempts)
+        log.warning("no usable captions after %d attempts; using the fallback captions", attempts)
+        before, after = fallback_captions(locked, instruction, limit)
         return CaptionSet(before, after, used_fallback=True, generate_calls=attempts, tokens=tokens)
 
-
-class CausalLanguageModel:
-    """Phi-2 (or any causal LM) behind the :class:`TextGenerator` interface."""
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        model: PreTrainedModel,
-        device: torch.device,
-        lm: LanguageModelConfig,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.model = model
-        self.device = device
-        self.lm = lm
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str, device: torch.device | str, dtype: torch.dtype, lm: LanguageModelConfig
-    ) -> CausalLanguageModel:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-        return cls(tokenizer, model.to(device).eval(), torch.device(device), lm)
-
-    @torch.inference_mode()
-    def __call__(
-        self,
-        prompt: str,
-        *,
-        seed: int,
-        done: Callable[[str], bool],
-        cancel: threading.Event | None,
-    ) -> Generation:
-        from transformers import StoppingCriteriaList
-
-        inputs = self.tokenizer(prompt, return_tensors="pt")
-        input_ids = inputs["input_ids"].to(self.device)
-        prompt_length = input_ids.shape[1]
-        stopper = _StopWhenDone(self.tokenizer, prompt_length, done, cancel)
-        sampling = {"temperature": self.lm.temperature, "top_p": self.lm.top_p} if self.lm.do_sample else {}
-        eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        with self._seeded(seed):
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=inputs["attention_mask"].to(self.device),
-                max_new_tokens=self.lm.max_new_tokens,
-                do_sample=self.lm.do_sample,
-                stopping_criteria=StoppingCriteriaList([stopper]),
-                eos_token_id=eos,
-                pad_token_id=pad,
-                **sampling,
-            )
-        generated = output[0, prompt_length:]
-        ended_itself = stopper.stopped or (len(generated) > 0 and int(generated[-1]) == eos)
-        return Generation(
-            text=self.tokenizer.decode(generated, skip_special_tokens=True),
-            tokens=len(generated),
-            truncated=not ended_itself,
-        )
-
-    @contextmanager
-    def _seeded(self, seed: int) -> Iterator[None]:
-        """Seed sampling for one call without disturbing anyone else's random numbers."""
-        devices = []
-        if self.device.type == "cuda":
-            devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
-
-@dataclass
-class _StopWhenDone:
-    """A stopping criterion: stop on cancel, or once the complete lines so far parse.
-
-    The text is only re-parsed when a new line has been completed, so the cost stays
-    negligible next to a forward pass.
-    """
-
-    tokenizer: PreTrainedTokenizerBase
-    prompt_length: int
-    done: Callable[[str], bool]
-    cancel: threading.Event | None
-    stopped: bool = False
-    _lines_seen: int = field(default=0, init=False)
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object
-    ) -> torch.Tensor:
-        stop = self.cancel is not None and self.cancel.is_set()
-        if not stop:
-            text = self.tokenizer.decode(input_ids[0, self.prompt_length :], skip_special_tokens=True)
-            lines = text.count("\n")
-            if lines > self._lines_seen:
-                self._lines_seen = lines
-                stop = self.done(text[: text.rfind("\n") + 1])
-        self.stopped = self.stopped or stop
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+    @staticmethod
+    def _accept(
+        parsed: tuple[tuple[str, ...], tuple[str, ...]] | None, limit: TokenLimit | None
+    ) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], int] | None:
+        """The parsed lists fitted to ``limit``, with the count shortened; None to try again."""
+        if parsed is None:
+            return None
+        fitted_before, fitted_after = (fit_captions(side, limit) for side in parsed)
+        if fitted_before is None or fitted_after is None:
+            return None
+        (before, cut_before), (after, cut_after) = fitted_before, fitted_after
+        if same_captions(before, after):
+            return None
+        return (before, after), cut_before + cut_after

@@ -85,8 +85,20 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config file into a mapping with ``_base_dir`` set to its folder."""
+def find_config(path: str | Path | None) -> Path | None:
+    """The config file to read: the one named, else ``config.yaml`` in the current folder when there
+    is one, else None: the built-in defaults (an installed command run anywhere still works)."""
+    if path is not None:
+        return Path(path)
+    here = Path("config.yaml")
+    return here if here.is_file() else None
+
+
+def load_yaml(path: str | Path | None) -> dict[str, Any]:
+    """Read a config file into a mapping with ``_base_dir`` set to its folder (None: no file, the
+    defaults, with relative paths starting at the current folder)."""
+    if path is None:
+        return {"_base_dir": str(Path.cwd())}
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -120,14 +132,33 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class CaptionerConfig:
+    """BLIP decoding. Defaults are the paper's (LAVIS ``base_coco``): the prompt is written
+    before the caption and stripped after; lengths count the prompt's tokens, as there."""
+
+    prompt: str = "a picture of "
+    num_beams: int = 3
+    max_length: int = 30
+    min_length: int = 10
+
+
+@dataclass(frozen=True)
 class LanguageModelConfig:
-    max_new_tokens: int = 256
+    #: Tokens allowed per caption the model writes; the budget of an attempt is this times
+    #: the captions asked for, plus the list layout (see ``editor.captions.answer_budget``).
+    caption_tokens: int = 32
     do_sample: bool = True
     temperature: float = 0.7
     top_p: float = 0.9
-    max_attempts: int = 10
+    max_attempts: int = 3
     #: A folder of ``*.txt`` prompt templates; empty means the ones shipped in ``editor/prompts``.
     templates_dir: str = ""
+
+
+#: Inverse DDIM schedules: diffusers' ``DDIMInverseScheduler`` or pix2pix-zero's own.
+INVERSE_SCHEDULES = ("diffusers", "pix2pix_zero")
+#: Auto-correlation roll rules: pix2pix-zero's (1..h//2-1) or diffusers' (0..h//2-1).
+ROLL_RULES = ("pix2pix_zero", "diffusers")
 
 
 @dataclass(frozen=True)
@@ -136,6 +167,14 @@ class InversionConfig:
     kl_weight: float = 20.0
     regularisation_steps: int = 5
     auto_correlation_rolls: int = 5
+    schedule: str = "diffusers"
+    roll: str = "pix2pix_zero"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in INVERSE_SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(INVERSE_SCHEDULES)}, got {self.schedule!r}")
+        if self.roll not in ROLL_RULES:
+            raise ValueError(f"roll must be one of {', '.join(ROLL_RULES)}, got {self.roll!r}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +191,7 @@ class EngineConfig:
     dtype: str = "auto"
     #: Longer side of the image the diffusion model sees (multiple of 8).
     resolution: int = 512
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     language_model: LanguageModelConfig = field(default_factory=LanguageModelConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

@@ -11,12 +11,13 @@ passing :meth:`DiffusionModels.edit` the maps of all steps that
 The math follows diffusers' deprecated ``StableDiffusionPix2PixZeroPipeline`` (``invert`` then
 ``__call__``), which ``tests/test_diffusion.py`` checks we match. Intended differences:
 
-1. The auto-correlation roll is drawn from ``1..n//2``, never 0 (a roll of 0 turns the loss
-   into "shrink the noise"; fixed upstream in pix2pix-zero in 2024, still in diffusers).
-   ``allow_zero_roll=True`` draws ``0..n//2-1`` like the reference, for the equivalence test.
-2. The roll bound and the pyramid's stop (side <= 8) use the shorter latent side; the
-   reference uses the height for both, which for wide images can roll the width by a whole
-   period (0 again) or pool it below one pixel. Square images are unaffected.
+1. The auto-correlation roll follows ``InversionConfig.roll``: pix2pix-zero's fixed rule,
+   ``1..h//2-1``, by default (a roll of 0 turns the loss into "shrink the noise"; still in
+   diffusers), or diffusers' ``0..h//2-1``. The pyramid stops at height <= 8 as in the
+   references, or before the width would pool below one pixel, where they fail.
+2. ``InversionConfig.schedule``: diffusers' ``DDIMInverseScheduler`` (default) or
+   pix2pix-zero's own, the N-2 inner timesteps from alpha at ``t - 1``, the alpha the
+   regularisation then uses too (see :mod:`editor.inversion` for both).
 3. The direction is applied at any guidance scale, 1 included: both classifier-free halves
    (negative, caption + direction) always run, and ``uncond + g * (cond - uncond)`` is the
    directed half at ``g = 1``. The reference runs no unconditional half at ``g <= 1`` and so
@@ -55,7 +56,14 @@ import torch
 from editor.attention import AttentionProbe
 from editor.config import InversionConfig
 from editor.guidance import CrossAttentionMaps, DenoisingSteps, Timestep, UNetCounter
-from editor.inversion import draw_shifts, regularisation_draws, regularise, to_device
+from editor.inversion import (
+    Pix2PixZeroInverseSchedule,
+    draw_shifts,
+    epsilon_alpha,
+    regularisation_draws,
+    regularise,
+    to_device,
+)
 from editor.types import EditSettings, InvalidInput, StepCallback, raise_if_cancelled
 
 if TYPE_CHECKING:
@@ -176,7 +184,6 @@ class DiffusionModels:
         steps: int,
         config: InversionConfig,
         generator: torch.Generator,
-        allow_zero_roll: bool = False,
         callback: StepCallback | None = None,
         cancel: threading.Event | None = None,
         counter: UNetCounter | None = None,
@@ -184,38 +191,43 @@ class DiffusionModels:
         """DDIM-invert image latents under their caption (guidance 1), regularising the noise.
 
         At each step the predicted noise takes ``config.regularisation_steps`` rounds of
-        gradient steps on the auto-correlation loss (one per roll) and on the KL loss; only
-        that noise tensor gets gradients. ``generator`` (a CPU generator) draws the rolls.
-        Returns float32 noise shaped like ``latents``.
+        gradient steps on the auto-correlation loss (one per roll, drawn by ``config.roll``)
+        and on the KL loss; only that noise tensor gets gradients. ``generator`` (a CPU
+        generator) draws the rolls; ``config.schedule`` picks the inverse schedule, whose
+        steps progress reports. Returns float32 noise shaped like ``latents``.
         """
         self._check_latents(latents)
         self._check_embeds("caption_embeds", caption_embeds)
         if generator.device.type != "cpu":
             raise ValueError("invert draws its rolls with a CPU torch.Generator")
         counter = UNetCounter() if counter is None else counter
-        scheduler = self._scheduler(steps, inverse=True)
-        alphas = scheduler.alphas_cumprod.to(self.device)
+        if config.schedule == "pix2pix_zero":
+            scheduler: Any = Pix2PixZeroInverseSchedule(self.scheduler_config, steps, self.device)
+        else:
+            scheduler = self._scheduler(steps, inverse=True)
+        alpha_at = epsilon_alpha(scheduler, self.device)
         prediction = scheduler.config.prediction_type
         draws = regularisation_draws(config)
         embeds = caption_embeds.to(self.device, self.dtype)
         latents = latents.to(self.device, torch.float32)
-        for step, (timestep, unet_timestep) in enumerate(self._timesteps(scheduler), start=1):
+        timesteps = self._timesteps(scheduler)
+        for step, (timestep, unet_timestep) in enumerate(timesteps, start=1):
             raise_if_cancelled(cancel)
             with torch.no_grad():
                 noise = self._predict(latents, unet_timestep, embeds, "invert", counter)
             # Drawn while the GPU runs the forward above; one copy for the whole step.
-            shifts = draw_shifts(latents.shape, generator, draws, allow_zero_roll=allow_zero_roll)
+            shifts = draw_shifts(latents.shape, generator, draws, rule=config.roll)
             noise = regularise(
                 noise,
                 latents,
-                alphas[timestep],
+                alpha_at(timestep),
                 prediction=prediction,
                 config=config,
                 shifts=to_device(shifts, self.device),
                 cancel=cancel,
             )
             latents = scheduler.step(noise, timestep, latents).prev_sample
-            _report(callback, "invert", step, steps)
+            _report(callback, "invert", step, len(timesteps))
         return latents
 
     def reconstruct(
@@ -396,8 +408,8 @@ class DiffusionModels:
         channels = self.unet.config.in_channels
         if latents.ndim != 4 or latents.shape[0] != 1 or latents.shape[1] != channels:
             raise ValueError(f"expected latents of shape [1, {channels}, h, w], got {list(latents.shape)}")
-        if min(latents.shape[2:]) < 2:
-            side = 2 * self.vae_scale_factor
+        if min(latents.shape[2:]) < 4:  # the auto-correlation roll needs a height of 4
+            side = 4 * self.vae_scale_factor
             raise InvalidInput(f"This image is too thin to edit: each side must be at least {side} pixels.")
 
     def _check_embeds(self, name: str, embeds: torch.Tensor, *, batched: bool = False) -> None:

@@ -4,6 +4,11 @@ Captions are encoded exactly as Stable Diffusion encodes a prompt (padded to the
 tokenizer's 77 tokens, full-sequence last hidden state), so the direction can be added
 to the UNet's conditioning as is. Averaging several captions per side cancels their
 individual wording and keeps what they share: the change the instruction asks for.
+
+The encoder reads 77 tokens, start and end included, and drops the rest. A caption cut
+there silently can lose exactly the words that differ between before and after (a zero
+direction), so :class:`ClipTokenLimit` measures captions in the encoder's own tokens and
+shortens them at a word boundary first, where the caller can see and say it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,35 @@ if TYPE_CHECKING:
 
 #: Captions encoded per text-encoder call: bounds memory for long caption lists.
 BATCH_SIZE = 16
+
+
+class ClipTokenLimit:
+    """The text encoder's token limit on one caption, and shortening to it at a word boundary."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        #: Tokens a caption may have: the encoder's window less its start and end tokens.
+        self.limit = tokenizer.model_max_length - 2
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def shorten(self, text: str, limit: int | None = None) -> str | None:
+        """``text`` if it fits, else its longest run of whole leading words that does (trailing
+        separators dropped); None when not even the first word fits."""
+        limit = self.limit if limit is None else limit
+        if self.count(text) <= limit:
+            return text
+        words = text.split()
+        low, high = 0, len(words) - 1  # the answer is a word count in [low, high]
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.count(" ".join(words[:middle])) <= limit:
+                low = middle
+            else:
+                high = middle - 1
+        shortened = " ".join(words[:low]).rstrip(",;:-–— ")
+        return shortened or None
 
 
 @torch.no_grad()

@@ -10,6 +10,12 @@
    K guided passes as one batch;
 7. decode the latents to images.
 
+Every caption is measured in the text encoder's tokens and shortened at a word boundary
+when it would not fit (the encoder would drop the tail silently); the result's ``notes``
+say so, and say when the language model's captions were the fallback. An edit whose
+before and after captions are the same within that limit is refused: it would change
+nothing.
+
 The models are loaded once and shared by every edit; the worker thread is the only
 caller, so the engine holds no locks of its own. ``engine.offload: model`` keeps the
 captioner and the language model in host memory except during their own stage, so they
@@ -18,9 +24,6 @@ never sit on the GPU while the UNet works; ``engine.compile: true`` compiles the
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -32,14 +35,16 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
+from editor import loading
+from editor.caption_parser import same_captions
 from editor.captioner import Captioner
-from editor.captions import CaptionSet, CaptionWriter, CausalLanguageModel
+from editor.captions import CaptionSet, CaptionWriter
 from editor.chain import compose
-from editor.config import EngineConfig, LimitsConfig, resolve_path
+from editor.config import EngineConfig, LimitsConfig
 from editor.diffusion import DiffusionModels, UNetCounter
-from editor.direction import edit_direction
-from editor.images import check_instruction, load_image
-from editor.overrides import check_caption_overrides
+from editor.direction import ClipTokenLimit, edit_direction
+from editor.front import EditorFront, PreparedInput
+from editor.language_model import CausalLanguageModel
 from editor.preview import LatentPreview, PreviewMaker
 from editor.types import (
     EditCounts,
@@ -73,13 +78,6 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-@dataclass(frozen=True)
-class PreparedInput:
-    image: Image.Image
-    instruction: str
-    settings: EditSettings
-
-
 #: Settings the shared inversion and reconstruction depend on: edits made together share them.
 SHARED_SETTINGS = ("steps", "guidance_scale", "cross_attention_guidance")
 
@@ -92,6 +90,8 @@ class _Run:
     cancel: threading.Event
     timings: dict[str, float] = field(default_factory=dict)
     counter: UNetCounter = field(default_factory=UNetCounter)
+    #: Notes every result carries (the image caption's fitting).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,8 @@ class _Captions:
     before: tuple[str, ...]
     after: tuple[str, ...]
     written: CaptionSet | None = None
+    #: What the user should know about these captions (shortened, fallback).
+    notes: tuple[str, ...] = ()
 
 
 class Editor:
@@ -121,34 +123,52 @@ class Editor:
         self.diffusion = diffusion
         #: The latent -> RGB map of previews, fitted to this checkpoint's VAE at load.
         self.latent_preview: LatentPreview | None = None
+        self.token_limit = ClipTokenLimit(diffusion.tokenizer)
 
     @classmethod
     def load(cls, config: EngineConfig, defaults: EditSettings) -> Editor:
+        """Check everything that needs no weights (``editor.loading``), then load the three models."""
+        sources = loading.preflight(config, defaults)
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)
-        log.info("loading models on %s (%s)", device, str(dtype).removeprefix("torch."))
-        captioner = Captioner.from_pretrained(config.model_path("captioner"), device, dtype)
-        language_model = config.language_model
-        if language_model.templates_dir:
-            folder = resolve_path(config.base_dir, language_model.templates_dir)
-            language_model = dataclasses.replace(language_model, templates_dir=str(folder))
-        caption_writer = CaptionWriter.from_pretrained(
-            config.model_path("language_model"), device, dtype, language_model
-        )
+        started = time.perf_counter()
+        log.info("loading the models on %s (%s)", device, str(dtype).removeprefix("torch."))
+        with loading.explained("engine.models.captioner", sources.captioner):
+            captioner = Captioner.from_pretrained(sources.captioner, device, dtype, config.captioner)
+        with loading.explained("engine.models.language_model", sources.language_model):
+            caption_writer = CaptionWriter.from_pretrained(sources.language_model, device, dtype, sources.lm)
         if config.offload == "model":  # before the UNet arrives: a small card holds both only briefly
             for module in _offloaded_modules(captioner, caption_writer):
                 module.to("cpu")
-        diffusion = DiffusionModels.from_pretrained(config.model_path("diffusion"), device, dtype)
+        with loading.explained("engine.models.diffusion", sources.diffusion):
+            diffusion = DiffusionModels.from_pretrained(sources.diffusion, device, dtype)
         editor = cls(config, defaults, captioner, caption_writer, diffusion)
         editor.latent_preview = LatentPreview.fit(diffusion)
         if config.compile:
             editor.compile()
-        defaults.validate(editor.template_names)
+        log.info(
+            "models loaded in %.0f s on %s (%s); %s",
+            time.perf_counter() - started,
+            device,
+            str(dtype).removeprefix("torch."),
+            loading.memory_summary(device),
+        )
         return editor
 
     @property
     def template_names(self) -> tuple[str, ...]:
         return self.caption_writer.template_names
+
+    @property
+    def front(self) -> EditorFront:
+        """What the bot needs without the models; a remote replica sends it to the bot."""
+        return EditorFront(
+            self.config,
+            self.defaults,
+            self.template_names,
+            str(self.diffusion.dtype),
+            tokenizer=self.diffusion.tokenizer,
+        )
 
     @property
     def limits(self) -> LimitsConfig:
@@ -158,43 +178,19 @@ class Editor:
     @property
     def model_ids(self) -> dict[str, str]:
         """The configured id of each model (captioner, language model, diffusion), for provenance."""
-        return dataclasses.asdict(self.config.models)
+        return self.front.model_ids
 
     def inversion_key(self, settings: EditSettings) -> str:
         """What an inversion depends on besides the image and its caption."""
-        facts = {
-            "model": self.config.models.diffusion,
-            "resolution": self.config.resolution,
-            "dtype": str(self.diffusion.dtype),
-            "steps": settings.steps,
-            "regularisation": self.config.inversion.__dict__,
-        }
-        digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
-        return digest[:16]
+        return self.front.inversion_key(settings)
 
     def check_captions(self, captions: tuple[tuple[str, ...], tuple[str, ...]]) -> None:
         """Refuse captions a person wrote that CLIP would cut short or that change nothing."""
-        tokenizer = self.diffusion.tokenizer
-        check_caption_overrides(
-            captions, lambda text: len(tokenizer(text).input_ids), tokenizer.model_max_length
-        )
+        self.front.check_captions(captions)
 
     def check_inputs(self, request: EditRequest) -> PreparedInput:
         """Raise :class:`InvalidInput` with a message for the user before any model runs."""
-        if not isinstance(request.settings, EditSettings):
-            raise InvalidInput("Edit settings are missing.")
-        request.settings.validate(self.template_names)
-        if not isinstance(request.seed, int) or not 0 <= request.seed < 2**63:
-            raise InvalidInput("The seed must be a whole number between 0 and 2**63 - 1.")
-        if request.caption is not None and not request.caption.strip():
-            raise InvalidInput("A caption override must not be empty.")
-        if request.captions is not None:
-            before, after = request.captions
-            if not before or not after or not all(isinstance(c, str) and c.strip() for c in before + after):
-                raise InvalidInput("Caption overrides need at least one non-empty before and after caption.")
-        instruction = check_instruction(request.instruction, self.limits)
-        image = load_image(request.image, self.limits, self.config.resolution)
-        return PreparedInput(image=image, instruction=instruction, settings=request.settings)
+        return self.front.check_inputs(request)
 
     def edit(
         self,
@@ -239,6 +235,7 @@ class Editor:
             caption = cached.caption
         else:
             caption = self._caption(image, run)
+        caption = self._fit(caption, "image caption", run.notes)
 
         # 3. Invert the image under its caption (a cached inversion needs no VAE encode).
         caption_embeds = self.diffusion.encode_prompt([caption])
@@ -359,18 +356,47 @@ class Editor:
         index: int,
         total: int,
     ) -> _Captions:
-        """The caller's caption overrides, or the language model's captions for this edit."""
+        """The caller's caption overrides, or the language model's captions for this edit, fitted
+        to the text encoder; refused when the two sides are the same within its limit."""
         if request.captions is not None:
-            before, after = (tuple(c.strip() for c in group) for group in request.captions)
-            return _Captions(before, after)
-        lm = _language_model(self.caption_writer)
-        with self._timed(run.timings, "captions"), self._resident(lm):
-            run.report("captions", index, total)
-            written = self.caption_writer.write(
-                prepared.instruction, caption, prepared.settings, request.seed, cancel=run.cancel
+            notes: list[str] = []
+            # An empty before-list stands for the image's caption (the paper's evaluation oracle).
+            before = tuple(self._fit(c.strip(), "before caption", notes) for c in request.captions[0])
+            after = tuple(self._fit(c.strip(), "after caption", notes) for c in request.captions[1])
+            captions = _Captions(before or (caption,), after, notes=tuple(notes))
+        else:
+            lm = _language_model(self.caption_writer)
+            with self._timed(run.timings, "captions"), self._resident(lm):
+                run.report("captions", index, total)
+                written = self.caption_writer.write(
+                    prepared.instruction,
+                    caption,
+                    prepared.settings,
+                    request.seed,
+                    cancel=run.cancel,
+                    limit=self.token_limit,
+                )
+                run.report("captions", index + 1, total)
+            notes = _caption_notes(written.used_fallback, written.generate_calls, written.shortened)
+            captions = _Captions(written.before, written.after, written, tuple(notes))
+        if same_captions(captions.before, captions.after):
+            raise InvalidInput(
+                "The before and after captions are the same within the text encoder's "
+                f"{self.token_limit.limit} tokens, so the edit would change nothing."
             )
-            run.report("captions", index + 1, total)
-        return _Captions(written.before, written.after, written)
+        return captions
+
+    def _fit(self, caption: str, what: str, notes: list[str]) -> str:
+        """``caption`` shortened at a word boundary to the text encoder's limit, noting it."""
+        fitted = self.token_limit.shorten(caption)
+        limit = self.token_limit.limit
+        if fitted is None:
+            raise InvalidInput(
+                f"The {what} cannot be shortened to {limit} text-encoder tokens at a word boundary."
+            )
+        if fitted != caption:
+            notes.append(f"The {what} was shortened to the text encoder's {limit} tokens: “{fitted}”.")
+        return fitted
 
     @contextmanager
     def _resident(self, module: torch.nn.Module | None) -> Iterator[None]:
@@ -404,7 +430,10 @@ class Editor:
         if cached.key != key or tuple(cached.latents.shape) != shape:
             log.info("cached inversion does not match this edit (settings or size changed); inverting again")
             return None
-        if request.caption is not None and request.caption.strip() != cached.caption:
+        if (
+            request.caption is not None
+            and self.token_limit.shorten(request.caption.strip()) != cached.caption
+        ):
             return None
         return cached
 
@@ -417,6 +446,20 @@ class Editor:
             if self.diffusion.device.type == "cuda":
                 torch.cuda.synchronize(self.diffusion.device)
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _caption_notes(used_fallback: bool, attempts: int, shortened: int) -> list[str]:
+    """What the user should know about the language model's captions."""
+    notes = []
+    if used_fallback:
+        notes.append(
+            f"The language model gave no usable captions in {attempts} "
+            f"{'try' if attempts == 1 else 'tries'}; the edit used the fallback: before = the image "
+            "caption, after = the caption with the instruction appended."
+        )
+    if shortened:
+        notes.append(f"{shortened} of the language model's captions were shortened to fit the text encoder.")
+    return notes
 
 
 def _language_model(caption_writer: CaptionWriter) -> PreTrainedModel | None:
@@ -451,6 +494,7 @@ def _result(
         timings=dict(run.timings),
         counts=counts,
         used_fallback_captions=written is not None and written.used_fallback,
+        notes=(*run.notes, *captions.notes),
     )
 
 

@@ -209,7 +209,9 @@ def write_tiny_models(folder: str | Path, seed: int = 0) -> Path:
             "device": "cpu",
             "dtype": "float32",
             "resolution": 64,
-            "language_model": {"max_new_tokens": 48, "max_attempts": 2},
+            # Short captions in the tiny vocabulary, so that they and an instruction fit CLIP's 77 tokens.
+            "captioner": {"prompt": "a photo of ", "max_length": 14, "min_length": 10},
+            "language_model": {"caption_tokens": 4, "max_attempts": 2},
         },
         "edit": {"steps": 4, "num_captions": 2},
     }

@@ -152,7 +152,8 @@ class EditRequest:
     """One edit: an image (or its bytes), an instruction and how to apply it.
 
     ``inversion`` skips the inversion when it matches the image, caption and settings;
-    ``caption`` overrides BLIP; ``captions`` (before, after) overrides the language model.
+    ``caption`` overrides BLIP; ``captions`` (before, after) overrides the language model,
+    an empty before meaning the image's caption (the paper's evaluation oracle).
     ``prior`` (chain mode ``compose``): the earlier turns of a chain, whose directions are
     added to this edit's and applied with it to ``image``, the chain's first image.
     ``previews``: hand previews of the edit forming to the caller's preview callback.
@@ -195,6 +196,9 @@ class EditResult:
     counts: EditCounts
     #: True when the language model failed and the fallback captions were used.
     used_fallback_captions: bool = False
+    #: Sentences for the person who asked: the fallback captions were used, a caption was
+    #: shortened to fit the text encoder. Empty when there is nothing to say.
+    notes: tuple[str, ...] = ()
 
     def image_png(self) -> bytes:
         buffer = io.BytesIO()

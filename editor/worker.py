@@ -1,8 +1,10 @@
-"""The one thread that runs edits, behind a fair queue that the event loop never waits on.
+"""The threads that run edits, one per replica, behind one fair queue that the event loop never waits on.
 
-Models are not safe to share between threads and a GPU runs one edit at a time anyway,
-so a single daemon thread owns the editor. The event loop only takes a lock for a few
-microseconds to queue, cancel or inspect jobs; the thread hands progress back through
+Models are not safe to share between threads and a GPU runs one edit at a time anyway, so each
+replica (the editor in this process, or one on a GPU elsewhere: ``editor.ray_replicas``) is owned
+by one daemon thread, which takes the next job from the queue as soon as its replica is free. The
+queue, the caps and fairness live here once, whatever the backend. The event loop only takes a
+lock for a few microseconds to queue, cancel or inspect jobs; the threads hand progress back through
 :class:`editor.progress.LoopDelivery` (one wake-up per batch of updates, not one per step).
 
 Fairness: each job gets a round number. A requester's first waiting job joins the
@@ -10,6 +12,10 @@ current round; each further job of theirs goes one round later; a requester whos
 job has just started waits for the next round. Jobs run in (round, submission) order,
 so one person's backlog of five delays someone else's single edit by one of those five
 at most.
+
+A replica lost mid-job (:class:`ReplicaLost`: its process died or stopped answering) fails only
+that attempt: the job goes back to the head of the queue and runs on the next free replica; after
+``MAX_ATTEMPTS`` losses it is reported to its requester.
 """
 
 from __future__ import annotations
@@ -18,35 +24,36 @@ import asyncio
 import bisect
 import itertools
 import logging
-import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from editor.failures import REPLICA_LOST_MESSAGE, EditFailed, ReplicaLost, WorkerStopped, explain
 from editor.progress import JobHandle, LoopDelivery, Outcome, Progress, ProgressState, Update
-from editor.types import EditCancelled, InvalidInput, SupportsEdit, Work, WorkResult
+from editor.replicas import InProcess, RayConfig, Replica
+from editor.types import EditCancelled, SupportsEdit, Work, WorkResult
 
 logger = logging.getLogger(__name__)
 
-OUT_OF_MEMORY_MESSAGE = (
-    "The GPU ran out of memory on this edit. Please try a smaller image or fewer captions, "
-    "or try again when the bot is less busy."
-)
-UNEXPECTED_ERROR_MESSAGE = (
-    "Something went wrong while editing your image. The error was logged; please try again, "
-    "perhaps with a different image or settings."
-)
+#: Runs of one job; a replica lost during the last one reports the job as failed.
+MAX_ATTEMPTS = 2
+#: How long a replica's thread waits for it to come back before looking at the worker's state again.
+_READY_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     """Section ``worker`` of config.yaml."""
 
-    #: Jobs waiting (not counting the running one) before new ones are refused.
+    #: Jobs waiting (not counting the running ones) before new ones are refused.
     max_queue: int = 50
     #: Jobs one requester may have waiting or running at once.
     per_user_cap: int = 3
     #: A running edit is stopped and reported as failed after this many seconds.
     job_timeout_s: float = 900.0
+    #: ``local``: the models in this process, one thread; ``ray``: replicas on Ray (section ``ray``).
+    backend: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -55,6 +62,8 @@ class WorkerConfig:
             raise ValueError(f"per_user_cap must be at least 1, got {self.per_user_cap}")
         if not self.job_timeout_s > 0:
             raise ValueError(f"job_timeout_s must be positive, got {self.job_timeout_s}")
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be local or ray, got {self.backend!r}")
 
 
 class WorkerRejected(Exception):
@@ -73,18 +82,6 @@ class WorkerStopping(WorkerRejected):
     """The worker is shutting down and takes no new jobs."""
 
 
-class EditFailed(Exception):
-    """The edit did not produce an image; ``user_message`` says why, in plain words."""
-
-    def __init__(self, user_message: str) -> None:
-        super().__init__(user_message)
-        self.user_message = user_message
-
-
-class WorkerStopped(EditCancelled):
-    """The worker stopped before this job could finish; :meth:`EditWorker.stop` listed its id."""
-
-
 @dataclass(eq=False)
 class _Job:
     """The worker's record of a job; fields change only under the worker's lock."""
@@ -101,6 +98,8 @@ class _Job:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     #: Why the cancel event was set: "cancelled", "timeout" or "stopped" (first one wins).
     stop_reason: str | None = None
+    #: Runs started so far (a replica lost mid-job makes another).
+    attempts: int = 0
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -112,16 +111,21 @@ def _run_key(job: _Job) -> tuple[int, int]:
     return (job.round, job.seq)
 
 
-class EditWorker:
-    """Runs jobs one at a time on its own thread, fairly between requesters.
+def _seq(job: _Job) -> int:
+    return job.seq
 
+
+class EditWorker:
+    """Runs jobs on its replicas, one at a time each, fairly between requesters.
+
+    ``editor`` is the editor of this process (one replica) or the replicas themselves.
     ``submit``, ``cancel`` and the inspectors are cheap and non-blocking (linear in the
     number of waiting jobs at worst): call them from the event loop (``cancel`` and the
     inspectors from any thread).
     """
 
-    def __init__(self, editor: SupportsEdit, config: WorkerConfig) -> None:
-        self._editor = editor
+    def __init__(self, editor: SupportsEdit | Sequence[Replica], config: WorkerConfig) -> None:
+        self._replicas = list(editor) if isinstance(editor, Sequence) else [InProcess(editor)]
         self._config = config
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
@@ -129,57 +133,64 @@ class EditWorker:
         self._order: list[_Job] = []
         self._waiting_by_requester: dict[str, int] = {}
         self._jobs: dict[str, _Job] = {}
-        self._running: _Job | None = None
+        #: Running jobs in the order they started.
+        self._running: dict[str, _Job] = {}
         self._round = 0
         self._last_round: dict[str, int] = {}
         self._seq = itertools.count()
         self._accepting = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._delivery: LoopDelivery | None = None
-        self._interrupted: str | None = None
+        self._interrupted: list[_Job] = []
 
     # -- life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the worker thread; progress is delivered to the running event loop."""
+        """Start one thread per replica; progress is delivered to the running event loop."""
         with self._lock:
-            if self._thread is not None:
+            if self._threads:
                 raise RuntimeError("EditWorker.start() was called twice")
             self._delivery = LoopDelivery(asyncio.get_running_loop())
             self._accepting = True
-            self._thread = threading.Thread(target=self._serve, name="edit-worker", daemon=True)
-            self._thread.start()
+            self._threads = [
+                threading.Thread(target=self._serve, args=(replica,), name=f"edit-worker-{n}", daemon=True)
+                for n, replica in enumerate(self._replicas)
+            ]
+            for thread in self._threads:
+                thread.start()
 
     async def stop(self, drain: bool = False) -> list[str]:
-        """Stop taking jobs and end the thread; return the ids of jobs that did not run.
+        """Stop taking jobs and end the threads; return the ids of jobs that did not run.
 
-        With ``drain`` the waiting jobs run first. Without it the running job is
-        cancelled and the waiting ones are left unrun; all of them resolve with
-        :class:`WorkerStopped`, and their ids come back (the interrupted one first, then
-        the waiting ones in submission order) so the caller can run them again later.
+        With ``drain`` the waiting jobs run first (on the replicas still up). Without it the
+        running jobs are cancelled and the waiting ones are left unrun; all of them resolve
+        with :class:`WorkerStopped`, and their ids come back (the interrupted ones first, then
+        the waiting ones, each in submission order) so the caller can run them again later.
         """
         with self._lock:
-            thread = self._thread
-            if thread is None:
+            threads = self._threads
+            if not threads:
                 return []
             self._accepting = False
-            unrun: list[_Job] = []
+            unrun = [] if drain else self._drop_waiting_locked()
             if not drain:
-                unrun = sorted(self._order, key=lambda job: job.seq)
-                self._order.clear()
-                self._waiting_by_requester.clear()
-                for job in unrun:
-                    self._end_locked(
-                        job, "cancelled", WorkerStopped("The editor stopped before this edit ran.")
-                    )
-                if self._running is not None:
-                    self._running.request_stop("stopped")
+                for job in self._running.values():
+                    job.request_stop("stopped")
             self._work_ready.notify_all()
-        await asyncio.to_thread(thread.join)
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
         with self._lock:
-            self._thread = None
-            interrupted, self._interrupted = self._interrupted, None
-        return ([interrupted] if interrupted else []) + [job.job_id for job in unrun]
+            self._threads = []
+            unrun += self._drop_waiting_locked()  # left by replicas that never came back
+            interrupted, self._interrupted = self._interrupted, []
+        return [job.job_id for job in sorted(interrupted, key=_seq) + sorted(unrun, key=_seq)]
+
+    def _drop_waiting_locked(self) -> list[_Job]:
+        unrun, self._order = self._order, []
+        self._waiting_by_requester.clear()
+        for job in unrun:
+            self._end_locked(job, "cancelled", WorkerStopped("The editor stopped before this edit ran."))
+        return unrun
 
     # -- the event loop's side --------------------------------------------------------
 
@@ -193,7 +204,7 @@ class EditWorker:
             if job_id in self._jobs:
                 raise ValueError(f"job {job_id!r} is already waiting or running")
             waiting = self._waiting_by_requester.get(requester, 0)
-            mine = waiting + (self._running is not None and self._running.requester == requester)
+            mine = waiting + sum(job.requester == requester for job in self._running.values())
             if mine >= self._config.per_user_cap:
                 raise UserLimitReached(
                     f"You already have {mine} edit{'s' if mine != 1 else ''} waiting or running; "
@@ -233,7 +244,7 @@ class EditWorker:
             job = self._jobs.get(job_id)
             if job is None:
                 return False
-            if job is self._running:
+            if job_id in self._running:
                 job.request_stop("cancelled")
                 return True
             self._order.remove(job)
@@ -248,14 +259,15 @@ class EditWorker:
 
     @property
     def queue_depth(self) -> int:
-        """Jobs waiting, not counting the running one."""
+        """Jobs waiting, not counting the running ones."""
         with self._lock:
             return len(self._order)
 
     @property
     def running_job_id(self) -> str | None:
+        """The longest-running job (None when every replica is idle)."""
         with self._lock:
-            return self._running.job_id if self._running is not None else None
+            return next(iter(self._running), None)
 
     def position(self, job_id: str) -> int | None:
         """1-based place of a waiting job in the run order; None if it is not waiting."""
@@ -293,11 +305,19 @@ class EditWorker:
         del self._jobs[job.job_id]
         self._post_many([(job.handle, Progress(job.job_id, state), outcome)])
 
-    # -- the worker thread ------------------------------------------------------------
+    # -- the replicas' threads ---------------------------------------------------------
 
-    def _serve(self) -> None:
-        while (job := self._next_job()) is not None:
-            self._run(job)
+    def _serve(self, replica: Replica) -> None:
+        while self._until_ready(replica) and (job := self._next_job()) is not None:
+            self._run(job, replica)
+
+    def _until_ready(self, replica: Replica) -> bool:
+        """Wait while the replica is being replaced; False once the worker stops meanwhile."""
+        while not replica.ready(_READY_POLL_S):
+            with self._lock:
+                if not self._accepting:
+                    return False
+        return True
 
     def _next_job(self) -> _Job | None:
         """Wait for work; None once stopped and (when draining) the queue is empty."""
@@ -311,14 +331,15 @@ class EditWorker:
             self._round = job.round
             self._last_round[job.requester] = job.round
             self._last_round = {r: n for r, n in self._last_round.items() if n >= job.round}
-            self._running = job
+            self._running[job.job_id] = job
+            job.attempts += 1
             job.position = None
             self._post_many(
                 [(job.handle, Progress(job.job_id, "running"), None), *self._repositioned_locked()]
             )
             return job
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: _Job, replica: Replica) -> None:
         preview: bytes | None = None
 
         def report(stage: str, step: int, total: int) -> None:
@@ -333,62 +354,55 @@ class EditWorker:
         timer = threading.Timer(self._config.job_timeout_s, self._expire, args=(job,))
         timer.daemon = True
         timer.start()
-        state: ProgressState
-        outcome: Outcome
+        ended: tuple[ProgressState, Outcome] | None
         try:
             result: WorkResult
             if isinstance(job.request, tuple):
                 result = tuple(
-                    self._editor.edit_many(
-                        job.request, callback=report, cancel=job.cancel_event, preview=show
-                    )
+                    replica.edit_many(job.request, callback=report, cancel=job.cancel_event, preview=show)
                 )
             else:
-                result = self._editor.edit(
-                    job.request, callback=report, cancel=job.cancel_event, preview=show
-                )
+                result = replica.edit(job.request, callback=report, cancel=job.cancel_event, preview=show)
+            ended = "done", result
         except BaseException as error:  # even SystemExit from a library fails only this job
-            state, outcome = self._failure(job, error)
-        else:
-            state, outcome = "done", result
+            ended = self._failure(job, error)
         finally:
             timer.cancel()
         with self._lock:
-            self._running = None
+            del self._running[job.job_id]
+            if ended is None:
+                self._retry_locked(job)
+                return
+            state, outcome = ended
             if state == "done" and job.stop_reason == "cancelled":
                 # cancel() said yes (after the editor's last check): keep its word, drop the result.
                 state, outcome = "cancelled", EditCancelled("The edit was cancelled.")
             if isinstance(outcome, WorkerStopped):
-                self._interrupted = job.job_id
+                self._interrupted.append(job)
             self._end_locked(job, state, outcome)
+
+    def _retry_locked(self, job: _Job) -> None:
+        """Put a job whose replica was lost back where its round puts it: at the head, as a rule."""
+        index = bisect.bisect_right(self._order, _run_key(job), key=_run_key)
+        self._order.insert(index, job)
+        self._waiting_by_requester[job.requester] = self._waiting_by_requester.get(job.requester, 0) + 1
+        self._post_many(self._repositioned_locked(start=index))
+        self._work_ready.notify()
 
     def _expire(self, job: _Job) -> None:
         with self._lock:
-            if job is self._running:
+            if job.job_id in self._running:
                 job.request_stop("timeout")
 
-    def _failure(self, job: _Job, error: BaseException) -> tuple[ProgressState, BaseException]:
-        """Turn whatever the editor raised into what the requester is told."""
-        if isinstance(error, EditCancelled):
-            if job.stop_reason == "timeout":
-                limit = _describe_seconds(self._config.job_timeout_s)
-                failure: BaseException = EditFailed(
-                    f"Your edit took too long (over {limit}) and was stopped. "
-                    "Please try fewer steps or a smaller image."
-                )
-            elif job.stop_reason == "stopped":
-                return "cancelled", WorkerStopped("The editor stopped before this edit finished.")
-            else:
-                return "cancelled", EditCancelled("The edit was cancelled.")
-        elif isinstance(error, InvalidInput):
-            failure = EditFailed(str(error))
-        elif _is_out_of_memory(error):
-            logger.warning("Edit %s of %s ran out of GPU memory: %s", job.job_id, job.requester, error)
-            _release_gpu_memory()
-            failure = EditFailed(OUT_OF_MEMORY_MESSAGE)
-        else:
-            logger.error("Edit %s of %s failed", job.job_id, job.requester, exc_info=error)
-            failure = EditFailed(UNEXPECTED_ERROR_MESSAGE)
+    def _failure(self, job: _Job, error: BaseException) -> tuple[ProgressState, BaseException] | None:
+        """Turn whatever the editor raised into what the requester is told; None: run it again."""
+        name = f"Edit {job.job_id} of {job.requester}"
+        if not isinstance(error, ReplicaLost) or job.stop_reason is not None:
+            return explain(error, stop_reason=job.stop_reason, timeout_s=self._config.job_timeout_s, job=name)
+        logger.warning("%s lost its replica on run %d: %s", name, job.attempts, error)
+        if job.attempts < MAX_ATTEMPTS:
+            return None
+        failure = EditFailed(REPLICA_LOST_MESSAGE)
         failure.__cause__ = error
         return "failed", failure
 
@@ -396,20 +410,3 @@ class EditWorker:
         """Hand updates to the event loop (from either thread; see :mod:`editor.progress`)."""
         assert self._delivery is not None  # jobs exist only after start()
         self._delivery.post(updates)
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError (or a look-alike) without importing torch here."""
-    return any(cls.__name__ == "OutOfMemoryError" for cls in type(error).__mro__)
-
-
-def _release_gpu_memory() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _describe_seconds(seconds: float) -> str:
-    if seconds >= 120:
-        return f"{seconds / 60:g} minutes"
-    return f"{seconds:g} seconds"

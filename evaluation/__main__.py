@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from editor.config import ConfigError, EngineConfig
+from editor.config import ConfigError, EngineConfig, find_config
+from editor.logs import setup_logging
 from editor.types import InvalidInput
 from evaluation.dataset import DatasetError, load_dataset
 from evaluation.runner import PROTOCOLS, RunDirConflict
@@ -28,7 +29,7 @@ log = logging.getLogger("evaluation")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m evaluation",
+        prog="onthefly-eval",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,7 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, help="run folder: images, turns.csv, summary.json, results.md, plots"
     )
-    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="default: %(default)s")
+    parser.add_argument(
+        "--config", type=Path, help="config file (default: ./config.yaml if there is one, else the defaults)"
+    )
     parser.add_argument(
         "--strategy",
         dest="strategies",
@@ -82,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["tiny-models"]:
         return _tiny_models(argv[1:])
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
-        config = load_config(args.config)
+        config = load_config(find_config(args.config))
         if args.list_strategies:
             for name, entry in sorted(available_strategies(config.evaluation).items()):
                 details = f"settings={entry.settings} oracle={entry.oracle}"
@@ -110,7 +113,7 @@ def _tiny_models(argv: list[str]) -> int:
     )
     parser.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from evaluation.tiny import write_tiny_models
 
     config_path = write_tiny_models(args.folder)
@@ -136,17 +139,20 @@ def _evaluate(args: argparse.Namespace, app: AppConfig) -> int:
         ", ".join(s.name for s in strategies),
     )
 
+    from editor import loading
     from editor.engine import Editor
 
-    editor = Editor.load(app.engine, app.edit)
-    unknown = sorted(
-        {s.settings.template for s in strategies if s.oracle == "none"} - set(editor.template_names)
-    )
+    # Everything that can be checked without weights first: templates, then the metric models.
+    templates = loading.template_names(app.engine)
+    unknown = sorted({s.settings.template for s in strategies if s.oracle == "none"} - set(templates))
     if unknown:
-        raise ConfigError(
-            f"Unknown prompt template(s) {', '.join(unknown)}; known: {', '.join(editor.template_names)}."
-        )
-    scorer = Scorer.from_pretrained(config.model_path("clip"), config.model_path("dino"), config.device)
+        raise ConfigError(f"Unknown prompt template(s) {', '.join(unknown)}; known: {', '.join(templates)}.")
+    clip, dino = (
+        loading.model_source(f"evaluation.{name}", getattr(config, name), config.base_dir)
+        for name in ("clip", "dino")
+    )
+    editor = Editor.load(app.engine, app.edit)
+    scorer = Scorer.from_pretrained(clip, dino, config.device)
     evaluation = Evaluation(editor, scorer, dataset, args.out, config.seed)
     try:
         for protocol in dict.fromkeys(args.protocols):

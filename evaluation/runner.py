@@ -27,6 +27,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from editor.logs import progress_bar
 from editor.types import EditRequest, InvalidInput, Inversion, PriorEdit, SupportsEdit
 from evaluation.dataset import Dataset, DatasetError, Session, Turn
 from evaluation.metrics import Scorer
@@ -179,8 +180,6 @@ class Evaluation:
 
     def run(self, protocol: str, strategies: Sequence[Strategy]) -> None:
         """Edit every turn that has no row yet; sessions outermost so inversions are shared."""
-        from tqdm import tqdm
-
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         work = [
@@ -189,7 +188,7 @@ class Evaluation:
             for strategy in strategies
         ]
         total = sum(len(turns) for _, _, turns in work)
-        with tqdm(total=total, unit="edit", desc=f"{protocol}-turn", disable=None) as bar:
+        with progress_bar(total, f"{protocol}-turn", "edit") as bar:
             for session, strategy, turns in work:
                 for row in self._run_turns(protocol, strategy, session, turns):
                     self.log.add(row)

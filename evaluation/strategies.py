@@ -4,7 +4,9 @@ A strategy is a set of :class:`EditSettings` overrides (prompt template, number 
 captions N, caption lock, or any other knob) on top of the config's ``edit`` section, and
 an ``oracle`` switch. The oracle skips the language model and takes the dataset's own
 global descriptions of the input and output images as the one before and after caption:
-it measures how good the edit could be if the LM wrote perfect captions.
+it measures how good the edit could be if the LM wrote perfect captions. The ``output``
+oracle is the paper's own evaluation: before = the BLIP caption, after = the output's
+description.
 """
 
 from __future__ import annotations
@@ -18,9 +20,20 @@ from evaluation.dataset import Turn
 from sessions.config import EvaluationConfig, StrategyConfig
 from sessions.models import CHAIN_MODES
 
-#: ``none``: the language model writes the captions; ``global``: the dataset's descriptions do.
-ORACLES = ("none", "global")
+#: ``none``: the language model writes the captions; ``global``: the dataset's descriptions do;
+#: ``output``: the BLIP caption before, the dataset's description of the output after.
+ORACLES = ("none", "global", "output")
 
+
+#: The edit settings of the paper's code, as ``presets/paper.yaml``'s edit section.
+PAPER_EDIT_SETTINGS: dict[str, Any] = {
+    "steps": 100,
+    "guidance_scale": 5.0,
+    "cross_attention_guidance": 0.15,
+    "num_captions": 1,
+    "template": "zero_shot",
+    "caption_lock": True,
+}
 
 BUILTIN_STRATEGIES: dict[str, StrategyConfig] = {
     "default": StrategyConfig(description="the config's edit section unchanged (what the bot does)"),
@@ -52,6 +65,16 @@ BUILTIN_STRATEGIES: dict[str, StrategyConfig] = {
         chain="compose",
         description="multi-turn without drift: every turn's direction on the first input's inversion",
     ),
+    # The paper code's settings (nlx-group/pix2pix-onthefly); run them with
+    # --config presets/paper.yaml, whose engine section holds the rest (BLIP, inversion, LM).
+    "paper": StrategyConfig(
+        dict(PAPER_EDIT_SETTINGS), description="the paper code's settings: zero-shot, N=1, lock, 100 steps"
+    ),
+    "paper_oracle": StrategyConfig(
+        dict(PAPER_EDIT_SETTINGS),
+        oracle="output",
+        description="the paper's evaluation: before = BLIP caption, after = the output's description",
+    ),
 }
 
 
@@ -70,6 +93,13 @@ class Strategy:
         """The before/after captions that replace the language model's, or None to ask it."""
         if self.oracle == "none":
             return None
+        if self.oracle == "output":
+            if not turn.target_description:
+                raise MissingDescription(
+                    f"Session {turn.session_id}, turn {turn.index} has no global description of its "
+                    "output, which the paper_oracle strategy needs."
+                )
+            return (), (turn.target_description,)  # an empty before-list is the image's caption
         if not turn.source_description or not turn.target_description:
             raise MissingDescription(
                 f"Session {turn.session_id}, turn {turn.index} has no global description of its input "

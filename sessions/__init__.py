@@ -4,12 +4,13 @@ Transports (``handlers/``) import from this package only: the service, its value
 and the engine's vocabulary they need to show (progress, settings, limits) are re-exported here.
 """
 
-from editor.config import ConfigError, LimitsConfig
+from editor.config import ConfigError, LimitsConfig, find_config
 from editor.progress import Progress
 from editor.types import STAGES, EditCancelled, EditSettings, InvalidInput
 from sessions.compose import App, compose
 from sessions.config import AppConfig, ConsoleConfig, DiscordConfig, OpsConfig, StorageConfig, load_config
 from sessions.errors import JobFailed, NotAllowed, NotFound, NothingToUndo, Postponed, Rejected, UserError
+from sessions.metrics import EditMetrics
 from sessions.models import (
     CHAIN_MODES,
     Author,
@@ -23,6 +24,7 @@ from sessions.models import (
 )
 from sessions.policy import ChannelPolicy
 from sessions.service import EditService, Ticket
+from sessions.store import StorageUnavailable
 
 __all__ = [
     "CHAIN_MODES",
@@ -36,6 +38,7 @@ __all__ = [
     "ConsoleConfig",
     "DiscordConfig",
     "EditCancelled",
+    "EditMetrics",
     "EditService",
     "EditSettings",
     "InvalidInput",
@@ -52,11 +55,13 @@ __all__ = [
     "Progress",
     "Rejected",
     "StorageConfig",
+    "StorageUnavailable",
     "Ticket",
     "UserError",
     "Variation",
     "VariationSet",
     "Version",
     "compose",
+    "find_config",
     "load_config",
 ]

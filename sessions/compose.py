@@ -2,21 +2,26 @@
 
 ``bot.py``, the benchmarks and the tests all call :func:`compose`, so the store, the worker and
 the service are wired once, with every knob of the config (cache size, busy timeout, caps).
+With ``worker.backend: ray`` the models load on the replicas, not here: the service then checks
+requests with the front a replica hands over (``editor.front``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
+from editor.replicas import Replica, engine_front, load_engine, start_ray_replicas
 from editor.worker import EditWorker
 from sessions.config import AppConfig
-from sessions.service import EditService
+from sessions.service import EditService, ServiceEditor
 from sessions.store import Store
 
 if TYPE_CHECKING:
+    from editor.ray_replicas import RayReplicas
     from editor.types import SupportsEdit
-    from sessions.service import ServiceEditor
 
     class ComposableEditor(SupportsEdit, ServiceEditor, Protocol):
         """What the worker runs and the service asks about: the Editor, or a stand-in in tests."""
@@ -28,11 +33,16 @@ class App:
 
     config: AppConfig
     store: Store
-    editor: ComposableEditor
+    #: The editor (local backend) or the replicas' front (ray backend): what the service asks.
+    editor: ServiceEditor
     worker: EditWorker
     service: EditService
+    #: The Ray replicas compose started (ray backend), closed with the app.
+    replicas: RayReplicas | None = None
 
     def close(self) -> None:
+        if self.replicas is not None:
+            self.replicas.close()
         self.store.close()
 
 
@@ -46,19 +56,38 @@ def open_store(config: AppConfig) -> Store:
     )
 
 
-def compose(config: AppConfig, *, editor: ComposableEditor | None = None) -> App:
+def compose(
+    config: AppConfig, *, editor: ComposableEditor | None = None, replicas: Sequence[Replica] | None = None
+) -> App:
     """Store, editor (loaded from ``config.engine`` unless given), worker and service.
 
-    The store is opened first, so a bad database path is reported before minutes of model loading.
+    With ``worker.backend: ray`` the replicas are started here unless given (tests give replicas
+    and the editor the service asks about). The store is opened first, so a bad database path is
+    reported before minutes of model loading.
     """
     store = open_store(config)
+    pool: RayReplicas | None = None
+    front: ServiceEditor
+    runs: SupportsEdit | Sequence[Replica]
     try:
-        if editor is None:
-            from editor.engine import Editor  # torch and the models: only when really needed
+        if replicas is None and config.worker.backend == "ray":
+            pool = start_ray_replicas(config.worker.ray, partial(load_engine, config.engine, config.edit))
+            runs = pool.replicas
+            front = editor if editor is not None else pool.ask(engine_front)
+        elif replicas is not None:
+            if editor is None:
+                raise TypeError("compose() with replicas needs the editor the service asks about")
+            runs, front = replicas, editor
+        else:
+            if editor is None:
+                from editor.engine import Editor  # torch and the models: only when really needed
 
-            editor = Editor.load(config.engine, config.edit)
+                editor = Editor.load(config.engine, config.edit)
+            runs = front = editor
     except BaseException:
+        if pool is not None:
+            pool.close()
         store.close()
         raise
-    worker = EditWorker(editor, config.worker)
-    return App(config, store, editor, worker, EditService(store, worker, editor))
+    worker = EditWorker(runs, config.worker)
+    return App(config, store, front, worker, EditService(store, worker, front), pool)

@@ -199,10 +199,10 @@ class AppConfig:
         )
 
 
-def load_config(path: str | Path) -> AppConfig:
-    """Read and check ``config.yaml``; :class:`ConfigError` says what is wrong and where."""
+def load_config(path: str | Path | None) -> AppConfig:
+    """Read and check ``config.yaml`` (None: the defaults); :class:`ConfigError` says what is wrong."""
     data = load_yaml(path)
-    return dataclasses.replace(AppConfig.from_mapping(data), path=Path(path))
+    return dataclasses.replace(AppConfig.from_mapping(data), path=Path(path) if path is not None else None)
 
 
 def _with_base(section: Any, base_dir: str) -> Any:

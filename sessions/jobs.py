@@ -18,6 +18,8 @@ request, queues it on the worker and records how it ended. Decisions worth knowi
 * **Crash recovery.** A job counts an attempt when the worker starts it. On start, jobs
   left queued are queued again; jobs left running run again unless they already had
   ``MAX_RUNS`` attempts (a crash each time), then they are marked interrupted.
+* **Watching.** One log line per request and per outcome (ids, never content) and the
+  Prometheus metrics (:mod:`sessions.metrics`) are fed here, where every outcome passes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import contextlib
 import dataclasses
 import io
 import logging
-import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Generic, TypeVar
@@ -38,6 +39,7 @@ from editor.progress import JobHandle, Progress
 from editor.types import EditCancelled, EditRequest, EditResult, EditSettings, Inversion, Work, WorkResult
 from editor.worker import EditFailed, EditWorker, WorkerRejected, WorkerStopped
 from sessions.errors import JobFailed, Postponed, Rejected, UserError
+from sessions.metrics import EditMetrics, error_kind
 from sessions.models import Job, VariationSet, Version
 from sessions.provenance import png_with_text, provenance
 from sessions.store import EditOutcome, Store
@@ -110,6 +112,7 @@ class JobRunner:
         self._runners: dict[str, asyncio.Task[None]] = {}
         #: Per conversation: resolved once its latest submitted job is recorded or ended.
         self._last_in_line: dict[str, asyncio.Future[None]] = {}
+        self.metrics = EditMetrics(worker, store)
 
     def submit(self, job: Job) -> Ticket[Any]:
         """Queue a job just added to the store; one the worker refuses is forgotten (Rejected)."""
@@ -118,7 +121,16 @@ class JobRunner:
             handle = self._worker.submit(job.id, job.requester_id, request)
         except WorkerRejected as error:
             self._store.discard_job(job.id)
+            self.metrics.ended("rejected")
+            log.info("edit request of %s refused: %s", job.requester_id, type(error).__name__)
             raise Rejected(str(error)) from error
+        log.info(
+            "edit %s requested (%s) by %s in conversation %s",
+            job.id,
+            job.kind,
+            job.requester_id,
+            job.conversation_id,
+        )
         return self._follow(job, handle, request)
 
     def recover(self) -> list[Ticket[Any]]:
@@ -135,16 +147,12 @@ class JobRunner:
             await asyncio.wait(list(self._runners.values()))
 
     def stats(self) -> dict[str, Any]:
-        """Queue depth, jobs by state, cache size and recent latencies, for the ops endpoint."""
-        latencies = self._store.recent_latencies()
+        """Queue depth, the running job, jobs by state and cache size, for the health check."""
         return {
             "queue_depth": self._worker.queue_depth,
             "running_job_id": self._worker.running_job_id,
             "jobs": self._store.job_counts(),
             "inversion_cache_bytes": self._store.inversions.size(),
-            "recent_edits": len(latencies),
-            "wait_s": _summary([wait for wait, _ in latencies]),
-            "run_s": _summary([run for _, run in latencies]),
         }
 
     # --- recovery --------------------------------------------------------------------------
@@ -162,6 +170,7 @@ class JobRunner:
         """Queue a job left over by a crash or stop again, or end it if it keeps crashing."""
         if job.state == "running" and job.attempts >= MAX_RUNS:
             log.warning("job %s was interrupted %d times; giving up", job.id, job.attempts)
+            self.metrics.ended("interrupted")
             ended = self._store.finish_job(job.id, "interrupted", INTERRUPTED_MESSAGE)
             return _ended_ticket(ended, JobFailed(INTERRUPTED_MESSAGE))
         self._store.requeue(job.id, refund_attempt=False)
@@ -234,7 +243,7 @@ class JobRunner:
         done_here: asyncio.Future[None],
         outcome: asyncio.Future[Any],
     ) -> None:
-        watcher = asyncio.create_task(self._mark_when_running(job.id, updates))
+        watcher = asyncio.create_task(self._mark_when_running(job.id, updates, queued_at=time.monotonic()))
         try:
             try:
                 result = await handle.result()
@@ -242,18 +251,34 @@ class JobRunner:
                 await watcher
             if ahead is not None:
                 await ahead
-            outcome.set_result(await self._record(job, result, request))
+            recorded = await self._record(job, result, request)
+            self.metrics.done(result, job.kind)
+            log.info(
+                "edit %s done: %s in %.1f s",
+                job.id,
+                f"version {recorded.id}" if isinstance(recorded, Version) else "variations",
+                _run_seconds(result),
+            )
+            outcome.set_result(recorded)
         except WorkerStopped:
             self._store.requeue(job.id, refund_attempt=True)
+            self.metrics.ended("postponed")
+            log.info("edit %s postponed until the next start", job.id)
             outcome.set_exception(Postponed(POSTPONED_MESSAGE))
         except EditCancelled as error:
             self._store.finish_job(job.id, "cancelled", "The edit was cancelled.")
+            self.metrics.ended("cancelled")
+            log.info("edit %s cancelled", job.id)
             outcome.set_exception(EditCancelled(str(error)))
         except EditFailed as error:
             self._store.finish_job(job.id, "failed", error.user_message)
+            kind = error_kind(error.__cause__ or error)
+            self.metrics.failed(kind)
+            log.info("edit %s failed (%s)", job.id, kind)
             outcome.set_exception(JobFailed(error.user_message))
         except Exception:
             log.exception("recording job %s failed", job.id)
+            self.metrics.failed("recording")
             with contextlib.suppress(Exception):
                 self._store.finish_job(job.id, "failed", UNEXPECTED_MESSAGE)
             outcome.set_exception(JobFailed(UNEXPECTED_MESSAGE))
@@ -277,11 +302,14 @@ class JobRunner:
             edit = dataclasses.replace(edit, original=original)
         return self._store.record_result(job.id, edit)
 
-    async def _mark_when_running(self, job_id: str, updates: AsyncIterator[Progress]) -> None:
+    async def _mark_when_running(
+        self, job_id: str, updates: AsyncIterator[Progress], *, queued_at: float
+    ) -> None:
         """Record the start of the run (and count the attempt) when the worker takes the job."""
         async for update in updates:
             if update.state == "running":
                 self._store.mark_running(job_id)
+                self.metrics.started(time.monotonic() - queued_at)
                 break
 
 
@@ -349,12 +377,7 @@ def _variations_made(
     return made, ((inversion.key, inversion.to_bytes()) if inverted_now else None)
 
 
-def _summary(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return {
-        "mean": statistics.fmean(ordered),
-        "p50": ordered[len(ordered) // 2],
-        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-    }
+def _run_seconds(result: WorkResult) -> float:
+    """How long the edit (or the batch, whose results share their timings) ran."""
+    first = result[0] if isinstance(result, tuple) else result
+    return sum(first.timings.values())

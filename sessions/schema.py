@@ -1,6 +1,7 @@
 """The database's tables: their migrations, and how their rows become records.
 
-The tables are created by numbered sqlite-utils migrations, applied by :meth:`Store.open`.
+The tables are created by numbered sqlite-utils migrations, applied by :func:`migrate` when
+:meth:`Store.open` opens the file.
 
 sqlite-utils applies each migration once, by name, in order, and records it in the database:
 a change to the schema is a new function below the others (``m002_...``), never an edit of
@@ -26,6 +27,28 @@ if TYPE_CHECKING:
 _Record = TypeVar("_Record", bound="DataclassInstance")
 
 MIGRATIONS = Migrations("sessions")
+
+
+def migrate(db: Database) -> None:
+    """Apply the migrations under one write lock: a second process opening a fresh database at the
+    same moment waits (``busy_timeout``), then finds them applied, instead of applying them twice.
+
+    Foreign keys are off while they run (SQLite ignores the pragma inside a transaction, so it is
+    set here, around it): a table rebuild (``m002_steering``) checks them itself before the commit.
+    """
+    foreign_keys = bool(db.execute("PRAGMA foreign_keys").fetchone()[0])
+    db.execute("PRAGMA foreign_keys = OFF")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS.apply(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        if foreign_keys:
+            db.execute("PRAGMA foreign_keys = ON")
 
 
 @MIGRATIONS()
@@ -130,20 +153,17 @@ def m002_steering(db: Database) -> None:
 
     ``jobs`` is rebuilt (SQLite cannot change a CHECK) to allow the kinds ``fix`` and
     ``variations``; a variations job ends with candidates, not a version. SQLite's procedure
-    for a rebuild runs with foreign keys off, hence no migration transaction of its own.
+    for a rebuild runs with foreign keys off, which :func:`migrate` sees to; the rebuild runs
+    in a savepoint of its own and checks the keys before it is kept.
     """
-    db.execute("PRAGMA foreign_keys = OFF")
-    try:
-        with db.atomic():
-            # One statement at a time: executescript() would commit first.
-            for statement in _STEERING.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            problems = db.execute("PRAGMA foreign_key_check").fetchall()
-            if problems:
-                raise RuntimeError(f"m002_steering broke foreign keys: {problems[:5]}")
-    finally:
-        db.execute("PRAGMA foreign_keys = ON")
+    with db.atomic():
+        # One statement at a time: executescript() would commit first.
+        for statement in _STEERING.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        problems = db.execute("PRAGMA foreign_key_check").fetchall()
+        if problems:
+            raise RuntimeError(f"m002_steering broke foreign keys: {problems[:5]}")
 
 
 _JOB_COLUMNS_M001 = (

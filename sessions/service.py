@@ -31,6 +31,7 @@ from editor.types import EditRequest, EditSettings, InvalidInput
 from editor.worker import EditWorker
 from sessions.errors import NotAllowed, NotFound, Rejected, UserError
 from sessions.jobs import JobRunner, Ticket
+from sessions.metrics import EditMetrics
 from sessions.models import Author, CaptionsBy, JobKind, Place, VariationSet, Version
 from sessions.places import PlaceChoices
 from sessions.queries import TreeQueries
@@ -281,8 +282,13 @@ class EditService(PlaceChoices, TreeQueries):
         return True
 
     def stats(self) -> dict[str, Any]:
-        """Queue depth, jobs by state, cache size and recent latencies, for the ops endpoint."""
+        """Queue depth, the running job, jobs by state and cache size, for a health check."""
         return self._jobs.stats()
+
+    @property
+    def metrics(self) -> EditMetrics:
+        """This service's Prometheus metrics, for a transport's ops endpoint to serve."""
+        return self._jobs.metrics
 
     # --- internals ------------------------------------------------------------------------
 

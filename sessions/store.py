@@ -23,7 +23,7 @@ from editor.types import EditSettings, PriorEdit
 from sessions.inversions import InversionCache
 from sessions.models import Author, CaptionsBy, ChainMode, Job, JobKind, Place, Version
 from sessions.records import EditOutcome, JobSpec, prior_edit
-from sessions.schema import JOB_COLUMNS, MIGRATIONS, VERSION_COLUMNS, job_from_row, version_from_row
+from sessions.schema import JOB_COLUMNS, VERSION_COLUMNS, job_from_row, migrate, version_from_row
 from sessions.variation_store import VariationStore
 
 _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o, 1/l/i: easy to read back and type
@@ -32,6 +32,10 @@ _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o, 1/l/i: easy to read 
 def new_id(length: int = 10) -> str:
     """A short URL-safe random id (about 50 bits) that fits in a Discord custom_id."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+class StorageUnavailable(Exception):
+    """The database file cannot be opened or created; the message names it and says why."""
 
 
 class Store:
@@ -46,16 +50,26 @@ class Store:
     def open(
         cls, path: str | Path, *, inversion_cache_bytes: int = 512 * 1024 * 1024, busy_timeout_s: float = 10.0
     ) -> Store:
-        """Open (creating if needed) and migrate the database; ``":memory:"`` works too."""
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(str(path), timeout=busy_timeout_s)
-        db = Database(connection)
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        if str(path) != ":memory:":
-            db.enable_wal()
-        MIGRATIONS.apply(db)
+        """Open (creating if needed) and migrate the database; ``":memory:"`` works too.
+
+        Raises :class:`StorageUnavailable` (one line: the path and why) when it cannot be opened.
+        """
+        folder = Path(path).parent
+        if str(path) != ":memory:" and folder.exists() and not folder.is_dir():
+            raise StorageUnavailable(f"cannot open the database {path}: {folder} is a file, not a folder")
+        try:
+            if str(path) != ":memory:":
+                folder.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(str(path), timeout=busy_timeout_s)
+            db = Database(connection)
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            if str(path) != ":memory:":
+                db.enable_wal()
+            migrate(db)
+        except (OSError, sqlite3.Error) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise StorageUnavailable(f"cannot open the database {path}: {reason}") from error
         return cls(db, inversion_cache_bytes)
 
     def close(self) -> None:
@@ -410,15 +424,6 @@ class Store:
 
     def job_counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
-
-    def recent_latencies(self, limit: int = 200) -> list[tuple[float, float]]:
-        """(wait in queue, run time) in seconds of the latest finished edits."""
-        rows = self.db.execute(
-            "SELECT started_at - created_at, finished_at - started_at FROM jobs "
-            "WHERE state = 'done' AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
-            [limit],
-        ).fetchall()
-        return [(wait, run) for wait, run in rows]
 
     # --- helpers ----------------------------------------------------------------------
 

@@ -1,7 +1,10 @@
-"""BLIP captioning on the tiny random-weight model, loaded like the real one."""
+"""BLIP captioning on the tiny random-weight model, loaded like the real one, decoded as the paper's."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -9,15 +12,15 @@ import torch
 from PIL import Image
 
 from editor.captioner import FALLBACK_CAPTION, Captioner
+from editor.config import CaptionerConfig, engine_config, load_yaml
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def captioner(tiny_models_dir: Path) -> Captioner:
-    return Captioner.from_pretrained(
-        str(tiny_models_dir / "tiny/blip-image-captioning"), "cpu", torch.float32
-    )
+def captioner(tiny_config: Path) -> Captioner:
+    config = engine_config(load_yaml(tiny_config))
+    return Captioner.from_pretrained(config.model_path("captioner"), "cpu", torch.float32, config.captioner)
 
 
 def _picture(size: tuple[int, int] = (64, 48)) -> Image.Image:
@@ -43,16 +46,70 @@ def test_any_mode_and_size_is_accepted(captioner: Captioner) -> None:
     assert captioner.caption(Image.new("RGBA", (17, 90), (0, 0, 0, 0)))
 
 
-def test_empty_model_output_falls_back(captioner: Captioner) -> None:
-    # Make end-of-text overwhelmingly likely: BLIP then stops before writing any word.
+@contextmanager
+def _eager_to_stop(captioner: Captioner) -> Iterator[None]:
+    """Make end-of-text overwhelmingly likely at every position."""
     bias = captioner.model.text_decoder.cls.predictions.bias
     original = bias.detach().clone()
-    eos = captioner.model.generation_config.eos_token_id
+    with torch.no_grad():
+        bias[captioner.model.config.text_config.sep_token_id] = 1e4
     try:
-        with torch.no_grad():
-            bias[eos] = 1e4
-        assert captioner.caption(_picture()) == FALLBACK_CAPTION
+        yield
     finally:
         with torch.no_grad():
             bias.copy_(original)
-    assert captioner.caption(_picture()) != FALLBACK_CAPTION
+
+
+@contextmanager
+def _generated(captioner: Captioner) -> Iterator[list[torch.Tensor]]:
+    """The token sequences BLIP's generate returns, prompt included."""
+    outputs: list[torch.Tensor] = []
+    generate = captioner.model.generate
+
+    def spy(**kwargs: object) -> torch.Tensor:
+        output = generate(**kwargs)
+        outputs.append(output)
+        return output
+
+    captioner.model.generate = spy
+    try:
+        yield outputs
+    finally:
+        del captioner.model.generate
+
+
+def test_the_prompt_is_written_then_stripped(captioner: Captioner) -> None:
+    prompt = captioner.config.prompt.strip()
+    assert prompt
+    with _generated(captioner) as outputs:
+        caption = captioner.caption(_picture())
+    decoded = captioner.processor.decode(outputs[0][0], skip_special_tokens=True)
+    assert decoded == f"{prompt} {caption}"
+
+
+def test_the_minimum_length_holds_even_when_the_model_would_stop(captioner: Captioner) -> None:
+    """The paper's min length 10 (prompt included) keeps BLIP from stopping after the prompt."""
+    with _eager_to_stop(captioner), _generated(captioner) as outputs:
+        caption = captioner.caption(_picture())
+    assert outputs[0].shape[1] >= captioner.config.min_length
+    assert caption != FALLBACK_CAPTION
+    assert len(caption.split()) >= captioner.config.min_length - len(captioner.config.prompt.split()) - 2
+
+
+def test_empty_model_output_falls_back(captioner: Captioner) -> None:
+    without_minimum = Captioner(
+        captioner.processor,
+        captioner.model,
+        captioner.device,
+        captioner.dtype,
+        dataclasses.replace(captioner.config, prompt="", min_length=0),
+    )
+    with _eager_to_stop(captioner):
+        assert without_minimum.caption(_picture()) == FALLBACK_CAPTION
+    assert without_minimum.caption(_picture()) != FALLBACK_CAPTION
+
+
+def test_the_default_decoding_is_the_papers() -> None:
+    assert CaptionerConfig() == CaptionerConfig(
+        prompt="a picture of ", num_beams=3, max_length=30, min_length=10
+    )

@@ -1,7 +1,9 @@
-"""The language-model step: prompts, the tolerant parser, retries, fallback and cancellation."""
+"""The language-model step: prompts, budget, retries, fallback and cancellation (the parser has
+its own module, ``test_caption_parser.py``)."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,276 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from editor.captions import (
+from editor.caption_parser import (
     AFTER_HEADING,
     BEFORE_HEADING,
-    MAX_CAPTION_CHARS,
-    SHIPPED_TEMPLATES,
-    CaptionWriter,
-    CausalLanguageModel,
-    Generation,
-    answer_start,
-    build_prompt,
-    clean_caption,
-    format_list,
-    load_templates,
     parse_captions,
 )
+from editor.captions import SHIPPED_TEMPLATES, CaptionWriter, Generation, build_prompt, load_templates
 from editor.config import LanguageModelConfig, engine_config, load_yaml
+from editor.language_model import CausalLanguageModel
 from editor.types import EditCancelled, EditSettings, InvalidInput
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 CAPTION = "a cat sitting on a table"
 INSTRUCTION = "turn the cat into a dog"
-
-# ---------------------------------------------------------------- parser: well-formed
-
-
-def _answer(before: list[str], after: list[str], lock: bool = True) -> str:
-    """The answer's start (as the prompt ends) plus a model continuation in the usual layout."""
-    start = answer_start(CAPTION if lock else None)
-    body = "".join(f"{index}. {caption}\n" for index, caption in enumerate(before, 2 if lock else 1))
-    return start + body + "\n" + format_list(AFTER_HEADING, tuple(after))
-
-
-def test_parses_the_prompt_layout_with_the_locked_caption_first() -> None:
-    text = _answer(["a cat on a wooden table"], ["a dog sitting on a table", "a dog on a wooden table"])
-    assert parse_captions(text, 2) == (
-        (CAPTION, "a cat on a wooden table"),
-        ("a dog sitting on a table", "a dog on a wooden table"),
-    )
-
-
-def test_parses_without_the_lock() -> None:
-    text = _answer(["a cat", "a kitten"], ["a dog", "a puppy"], lock=False)
-    assert parse_captions(text, 2) == (("a cat", "a kitten"), ("a dog", "a puppy"))
-
-
-WELL_FORMED = {
-    "markdown bold headings": (
-        "**Before transformation:**\n1. a red car\n2. a red car parked\n\n"
-        "**After transformation:**\n1. a blue car\n2. a blue car parked\n"
-    ),
-    "markdown hash headings, bullets": (
-        "## Before transformation\n- a red car\n- a red car parked\n"
-        "## After Transformation\n- a blue car\n- a blue car parked\n"
-    ),
-    "short headings, parentheses": (
-        "Before:\n1) a red car\n2) a red car parked\nAfter:\n(1) a blue car\n(2) a blue car parked"
-    ),
-    "upper case, stars and dots": (
-        "BEFORE TRANSFORMATION:\n* a red car\n• a red car parked\n"
-        "AFTER TRANSFORMATION:\n*   a blue car\n•a blue car parked\n"
-    ),
-    "plain lines, captions heading": (
-        "Captions before transformation (2):\na red car\na red car parked\n"
-        "Captions after transformation (2):\na blue car\na blue car parked\n"
-    ),
-    "quotes and bold numbers": (
-        'Before transformation:\n**1.** "a red car"\n2. “a red car parked”\n'
-        "After transformation:\n1. 'a blue car'\n2. `a blue car parked`\n"
-    ),
-    "junk and blank lines": (
-        "Sure! Here you go.\n```\nBefore transformation:\n\n1. a red car\n---\n2. a red car parked\n\n\n"
-        "After transformation:\n...\n1. a blue car\n3.\n2. a blue car parked\n```\n"
-    ),
-    "inline first items": (
-        "Before: a red car\n2. a red car parked\nAfter transformation: a blue car\n2. a blue car parked\n"
-    ),
-    "text after the after-list": (
-        "Before transformation:\n1. a red car\n2. a red car parked\nAfter transformation:\n"
-        "1. a blue car\n2. a blue car parked\n3. a green car\n\nInstruction: make it night\n"
-        "Before transformation:\n1. a city\n"
-    ),
-    "more before captions than asked": (
-        "Before transformation:\n1. a red car\n2. a red car parked\n3. a red car again\n"
-        "After transformation:\n1. a blue car\n2. a blue car parked\n"
-    ),
-    "windows line ends": (
-        "Before transformation:\r\n1. a red car\r\n2. a red car parked\r\n"
-        "After transformation:\r\n1. a blue car\r\n2. a blue car parked"
-    ),
-}
-
-
-@pytest.mark.parametrize("text", WELL_FORMED.values(), ids=WELL_FORMED.keys())
-def test_tolerates_the_many_ways_models_format_lists(text: str) -> None:
-    assert parse_captions(text, 2) == (("a red car", "a red car parked"), ("a blue car", "a blue car parked"))
-
-
-def test_a_caption_starting_with_after_is_not_a_heading() -> None:
-    text = "Before transformation:\n1. a wet street\nAfter transformation:\nAfter the rain, a wet street\n"
-    assert parse_captions(text, 1) == (("a wet street",), ("After the rain, a wet street",))
-
-
-def test_numbered_lines_are_captions_even_when_they_look_like_headings() -> None:
-    text = "Before:\n1. After: sunset over a lake\nAfter:\n1. Instruction: manual on a desk\n"
-    assert parse_captions(text, 1) == (("After: sunset over a lake",), ("Instruction: manual on a desk",))
-
-
-def test_quotes_inside_a_caption_are_kept() -> None:
-    text = "Before:\n1. 'a' and 'b'\n2. \"stop\" and \"go\"\nAfter:\n1. 'a bus'\n2. a car\n"
-    assert parse_captions(text, 2) == (("'a' and 'b'", '"stop" and "go"'), ("a bus", "a car"))
-
-
-def test_duplicates_are_kept_in_order() -> None:
-    text = "Before:\n1. a car\n2. a car\nAfter:\n1. a bus\n2. a car\n"
-    assert parse_captions(text, 2) == (("a car", "a car"), ("a bus", "a car"))
-
-
-def test_long_captions_are_cut_at_a_word_boundary() -> None:
-    long_caption = "a very " + "long " * 200 + "caption"
-    text = f"Before:\n1. {long_caption}\nAfter:\n1. a bus\n"
-    parsed = parse_captions(text, 1)
-    assert parsed is not None
-    before = parsed[0][0]
-    assert len(before) <= MAX_CAPTION_CHARS
-    assert long_caption.startswith(before)
-    assert before.endswith("long")
-
-
-# ---------------------------------------------------------------- parser: hostile
-
-HOSTILE = {
-    "empty": "",
-    "no headings": "1. a red car\n2. a red car parked\n1. a blue car\n2. a blue car parked\n",
-    "only the before list": "Before transformation:\n1. a red car\n2. a red car parked\n",
-    "too few after captions": "Before:\n1. a red car\n2. a red car parked\nAfter:\n1. a blue car\n",
-    "after list first": "After:\n1. a blue car\n2. a blue car parked\nBefore:\n1. a red car\n2. a red car\n",
-    "next example before the after list": (
-        "Before:\n1. a red car\n2. a red car parked\nInstruction: make it blue\nAfter:\n1. a\n2. b\n"
-    ),
-    "before heading repeated": (
-        "Before:\n1. a red car\nBefore:\n1. a red car parked\nAfter:\n1. a blue car\n2. a blue car\n"
-    ),
-    "numbers without captions": "Before:\n1.\n2.\nAfter:\n1.\n2.\n",
-    "punctuation only": "Before:\n- ...\n- ???\nAfter:\n- !!!\n- ---\n",
-    "noise": "p*Ri}HH{Ure+L@[X?Cj=Zfvmk8k&E\nQ(DID#}\x00\ufffd" * 50,
-}
-
-
-@pytest.mark.parametrize("text", HOSTILE.values(), ids=HOSTILE.keys())
-def test_malformed_answers_give_none(text: str) -> None:
-    assert parse_captions(text, 2) is None
-
-
-# ---------------------------------------------------------------- parser: properties
-
-_BEFORE = st.sampled_from(["Before transformation:", "**Before:**", "before", "BEFORE: a cat", "## Before"])
-_AFTER = st.sampled_from(["After transformation:", "**After:**", "after", "AFTER: a dog", "## After"])
-_MARKERS = st.sampled_from(["", "1. ", "2) ", "(3) ", "- ", "* ", "• ", "**1.** ", '"', "1."])
-_WORDS = st.sampled_from(
-    ["a dog", "a cat on a mat", "x" * 300, "After the rain", "...", "Instruction: add a hat"]
-)
-_ITEM = st.tuples(_MARKERS, st.one_of(_WORDS, st.text(max_size=30))).map("".join)
-_JUNK = st.one_of(
-    st.sampled_from(["", "---", "Instruction: add a hat", "# Example", "\r", "::"]), st.text(max_size=30)
-)
-_ANY_LINE = st.one_of(_ITEM, _BEFORE, _AFTER, _JUNK)
-_BODY = st.lists(st.one_of(_ITEM, _ITEM, _ITEM, _JUNK), max_size=8)
-
-
-def _joined(*parts: st.SearchStrategy) -> st.SearchStrategy[str]:
-    def join(groups: tuple) -> str:
-        return "\n".join(line for group in groups for line in ([group] if isinstance(group, str) else group))
-
-    return st.tuples(*parts).map(join)
-
-
-#: Continuations shaped like model answers (lists, headings, labels) with arbitrary noise mixed in.
-CONTINUATION = st.one_of(
-    _joined(_BODY, _AFTER, _BODY, st.lists(_ANY_LINE, max_size=4)),
-    st.lists(_ANY_LINE, max_size=10).map("\n".join),
-    st.text(max_size=200),
-)
-NOISY_TEXT = st.one_of(_joined(_BODY, _BEFORE, CONTINUATION), CONTINUATION)
-#: Captions that look like headings or labels are still captions when they are list items.
-_TRICKY_CAPTIONS = [
-    "After: sunset over a lake",
-    "Instruction: manual on a desk",
-    "Before the storm",
-    "# a sign",
-]
-CAPTIONS = (
-    st.one_of(st.sampled_from(_TRICKY_CAPTIONS), st.text(min_size=1, max_size=120))
-    .map(clean_caption)
-    .filter(lambda c: any(x.isalnum() for x in c))
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(NOISY_TEXT, st.integers(1, 5))
-def test_parser_never_raises_and_any_result_has_exactly_n(text: str, n: int) -> None:
-    parsed = parse_captions(text, n)
-    if parsed is not None:
-        before, after = parsed
-        assert len(before) == n
-        assert len(after) == n
-        for caption in before + after:
-            assert caption == clean_caption(caption)
-            assert any(character.isalnum() for character in caption)
-            assert "\n" not in caption
-            assert len(caption) <= MAX_CAPTION_CHARS
-
-
-_NUMBERS = st.sampled_from(["{}. ", "{}) ", "({}) ", "**{}.** "])
-_SKIPPED = st.sampled_from(["", "---", "...", "```", "  ", "**"])
-
-
-@st.composite
-def _answers(draw: st.DrawFn) -> tuple[str, int, list[str], list[str]]:
-    """A model answer with at least n numbered captions per list, skippable junk between lines
-    and anything at all after the after-list; returns (text, n, before, after)."""
-    n = draw(st.integers(1, 5))
-
-    def numbered_list(heading: str) -> tuple[list[str], list[str]]:
-        captions = draw(st.lists(CAPTIONS, min_size=n, max_size=n + 2))
-        lines = [heading]
-        for index, caption in enumerate(captions, 1):
-            lines += draw(st.lists(_SKIPPED, max_size=2))
-            lines.append(draw(_NUMBERS).format(index) + caption)
-        return lines, captions
-
-    before_lines, before = numbered_list(draw(_BEFORE.filter(lambda h: ":" not in h or h.endswith(":"))))
-    after_lines, after = numbered_list(draw(_AFTER.filter(lambda h: ":" not in h or h.endswith(":"))))
-    preamble = draw(st.lists(st.one_of(_SKIPPED, st.just("Sure, here are the captions.")), max_size=2))
-    text = "\n".join(preamble + before_lines + after_lines) + "\n" + draw(NOISY_TEXT)
-    return text, n, before[:n], after[:n]
-
-
-@settings(max_examples=150, deadline=None)
-@given(_answers())
-def test_answers_with_enough_captions_give_exactly_the_first_n(answer: tuple[str, int, list, list]) -> None:
-    text, n, before, after = answer
-    assert parse_captions(text, n) == (tuple(before), tuple(after))
-
-
-@settings(max_examples=200, deadline=None)
-@given(CAPTIONS, CONTINUATION, st.integers(1, 4))
-def test_locked_caption_is_always_first(caption: str, generated: str, n: int) -> None:
-    parsed = parse_captions(answer_start(caption) + generated, n)
-    assert parsed is None or parsed[0][0] == caption
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.integers(1, 6).flatmap(lambda n: st.tuples(st.lists(CAPTIONS, min_size=n, max_size=n), st.just(n))))
-def test_formatted_captions_parse_back(captions_and_n: tuple[list[str], int]) -> None:
-    captions, n = captions_and_n
-    before, after = tuple(captions), tuple(reversed(captions))
-    text = format_list(BEFORE_HEADING, before) + "\n" + format_list(AFTER_HEADING, after)
-    assert parse_captions(text, n) == (before, after)
-
-
-def test_cleaning_is_idempotent_on_examples() -> None:
-    for messy in ['  1.  "a cat"  ', "**- a dog**", "(3) ‘a bird’", "•• a fish"]:
-        once = clean_caption(messy)
-        assert once == clean_caption(once)
-        assert once in ("a cat", "a dog", "a bird", "a fish")
-
 
 # ---------------------------------------------------------------- prompts and templates
 
@@ -345,7 +92,13 @@ class ScriptedModel:
         self.done_results: list[bool] = []
 
     def __call__(
-        self, prompt: str, *, seed: int, done: Callable[[str], bool], cancel: threading.Event | None
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        max_new_tokens: int,
+        done: Callable[[str], bool],
+        cancel: threading.Event | None,
     ) -> Generation:
         self.seeds.append(seed)
         self.prompts.append(prompt)
@@ -353,7 +106,10 @@ class ScriptedModel:
             self.on_call()
         text = self.outputs.pop(0)
         self.done_results.append(done(text))
-        return Generation(text=text, tokens=len(text.split()), truncated=self.truncated)
+        return Generation(text=text, tokens=self.count_tokens(text), truncated=self.truncated)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
 
 
 GOOD = (
@@ -468,8 +224,13 @@ def test_tiny_phi_noise_falls_back_after_every_attempt(
     assert torch.equal(torch.get_rng_state(), rng_state)  # seeded sampling leaves global RNG alone
     assert result.used_fallback
     assert result.generate_calls == tiny_lm_config.max_attempts
-    assert 0 < result.tokens <= tiny_lm_config.max_attempts * tiny_lm_config.max_new_tokens
+    budget = tiny_writer.budget(SETTINGS.num_captions, SETTINGS.caption_lock)
+    assert 0 < result.tokens <= tiny_lm_config.max_attempts * budget
     assert result.before == (CAPTION,)
+
+
+#: New tokens allowed in the direct calls of the tiny Phi below.
+BUDGET = 12
 
 
 def _prompt() -> str:
@@ -478,7 +239,9 @@ def _prompt() -> str:
 
 def test_tiny_phi_sampling_is_reproducible_per_seed(tiny_writer: CaptionWriter) -> None:
     model = tiny_writer.generate_text
-    first, again, other = (model(_prompt(), seed=s, done=lambda _: False, cancel=None) for s in (1, 1, 2))
+    first, again, other = (
+        model(_prompt(), seed=s, max_new_tokens=BUDGET, done=lambda _: False, cancel=None) for s in (1, 1, 2)
+    )
     assert first == again
     assert first.text != other.text
 
@@ -507,15 +270,142 @@ def test_generation_stops_when_the_answer_is_complete(tiny_writer: CaptionWriter
         return len(seen) == 3
 
     with _only_newlines(model):
-        stopped = model(_prompt(), seed=0, done=done, cancel=None)
-        budget = model(_prompt(), seed=0, done=lambda _: False, cancel=None)
+        stopped = model(_prompt(), seed=0, max_new_tokens=BUDGET, done=done, cancel=None)
+        budget = model(_prompt(), seed=0, max_new_tokens=BUDGET, done=lambda _: False, cancel=None)
     assert (stopped.tokens, stopped.truncated) == (3, False)
     assert seen == ["\n", "\n\n", "\n\n\n"]
-    assert (budget.tokens, budget.truncated) == (tiny_writer.lm.max_new_tokens, True)
+    assert (budget.tokens, budget.truncated) == (BUDGET, True)
 
 
 def test_generation_stops_on_cancel(tiny_writer: CaptionWriter) -> None:
     cancel = threading.Event()
     cancel.set()
-    generation = tiny_writer.generate_text(_prompt(), seed=0, done=lambda _: False, cancel=cancel)
+    generation = tiny_writer.generate_text(
+        _prompt(), seed=0, max_new_tokens=BUDGET, done=lambda _: False, cancel=cancel
+    )
     assert generation.tokens == 1
+
+
+# ---------------------------------------------------------------- the budget at N = 1, 5, 10, 16
+
+_PIECE = re.compile(r"[^\S\n]*(?:\n|\w+|[^\w\s])")
+#: A caption of the few-shot examples' length (13 words), varied per item and side.
+_CAPTION_WORDS = "a wooden cabin beside a calm lake with green pine trees in {season} light number {k}"
+
+
+class BudgetedModel:
+    """Writes a well-formed answer piece by piece (one piece ~ one BPE token: a word, a mark or a
+    line end), checks ``done`` at each line end like ``CausalLanguageModel`` and stops at the budget."""
+
+    def __init__(self, n: int) -> None:
+        before = "".join(f"{k}. {_CAPTION_WORDS.format(season='summer', k=k)}\n" for k in range(2, n + 1))
+        after = "".join(f"{k}. {_CAPTION_WORDS.format(season='winter', k=k)}\n" for k in range(1, n + 1))
+        self.answer = f"{before}\n{AFTER_HEADING}\n{after}\nInstruction: make it night\n"
+        self.budgets: list[int] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(_PIECE.findall(text))
+
+    def __call__(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        max_new_tokens: int,
+        done: Callable[[str], bool],
+        cancel: threading.Event | None,
+    ) -> Generation:
+        self.budgets.append(max_new_tokens)
+        text = ""
+        for count, piece in enumerate(_PIECE.findall(self.answer)[:max_new_tokens], 1):
+            text += piece
+            if piece.endswith("\n") and done(text):
+                return Generation(text=text, tokens=count, truncated=False)
+        return Generation(text=text, tokens=self.count_tokens(text), truncated=True)
+
+
+#: The budget every attempt had before it was derived from N.
+OLD_FIXED_BUDGET = 256
+
+
+@pytest.mark.parametrize("n", [1, 5, 10, 16])
+@pytest.mark.parametrize("template", ["few_shot", "zero_shot"])
+def test_well_formed_answers_fit_the_budget_at_any_n(n: int, template: str) -> None:
+    model = BudgetedModel(n)
+    settings = EditSettings(num_captions=n, template=template)
+    result = _writer(model, LanguageModelConfig()).write(
+        INSTRUCTION, "a wooden cabin by a lake", settings, seed=0
+    )
+    assert not result.used_fallback
+    assert result.generate_calls == 1
+    assert (len(result.before), len(result.after)) == (n, n)
+    assert result.after[-1] == _CAPTION_WORDS.format(season="winter", k=n)
+    # The fixed budget this replaces could not hold the answers from N=10 on: the fallback every time.
+    needed = model.count_tokens(model.answer.split("\nInstruction")[0])
+    assert result.tokens == needed <= model.budgets[0]
+    assert (needed > OLD_FIXED_BUDGET) == (n >= 10)
+
+
+def test_the_budget_grows_with_n_and_shrinks_with_the_lock() -> None:
+    writer = _writer(BudgetedModel(1), LanguageModelConfig(caption_tokens=20))
+    budgets = [writer.budget(n, lock=True) for n in (1, 5, 10, 16)]
+    assert budgets == sorted(budgets)
+    assert writer.budget(16, lock=True) - writer.budget(15, lock=True) >= 2 * 20
+    assert writer.budget(5, lock=False) - writer.budget(5, lock=True) >= 20
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_few_shot_examples_show_n_captions_a_side(n: int) -> None:
+    template = load_templates(SHIPPED_TEMPLATES)["few_shot"]
+    prompt = build_prompt(template, INSTRUCTION, CAPTION, n, lock=True)
+    examples = prompt.split("Instruction:")[1:-1]
+    shown = min(n, 5)  # the shipped examples have five captions a side
+    for example in examples:
+        assert parse_captions(example, shown) is not None
+        assert parse_captions(example, shown + 1) is None
+    assert f"exactly {n} captions" in prompt
+
+
+def test_the_fallback_is_reported_and_keeps_the_instruction_whole() -> None:
+    class WordLimit:
+        """A text encoder that reads 12 words."""
+
+        limit = 12
+
+        def count(self, text: str) -> int:
+            return len(text.split())
+
+        def shorten(self, text: str, limit: int | None = None) -> str | None:
+            words = text.split()[: self.limit if limit is None else limit]
+            return " ".join(words) or None
+
+    caption = "a long caption of a wooden cabin beside a calm lake with pine trees"
+    result = _writer(ScriptedModel("nope", "nope", "nope")).write(
+        INSTRUCTION, caption, SETTINGS, seed=0, limit=WordLimit()
+    )
+    assert result.used_fallback
+    (before,), (after,) = result.before, result.after
+    assert after == f"{before}, {INSTRUCTION}"
+    assert len(after.split()) <= 12
+    assert caption.startswith(before)
+
+
+def test_lists_equal_once_fitted_to_the_encoder_are_retried() -> None:
+    class FirstWords:
+        limit = 3
+
+        def count(self, text: str) -> int:
+            return len(text.split())
+
+        def shorten(self, text: str, limit: int | None = None) -> str | None:
+            return " ".join(text.split()[:3])
+
+    same_start = (
+        "2. a cat sitting near a window\nAfter transformation:\n1. a cat sitting in snow\n"
+        "2. a cat sitting on a chair\n"
+    )
+    model = ScriptedModel(same_start, GOOD)
+    result = _writer(model).write(INSTRUCTION, CAPTION, SETTINGS, seed=0, limit=FirstWords())
+    assert (result.used_fallback, result.generate_calls) == (False, 2)
+    assert result.before == ("a cat sitting", "a cat on")
+    assert result.shortened == 4

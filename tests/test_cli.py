@@ -12,11 +12,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def _run(*args: str | Path, cwd: Path = ROOT, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **extra}
     return subprocess.run(
         [sys.executable, "-m", "editor", *map(str, args)],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -57,3 +57,18 @@ def test_edit_reports_bad_input_politely(tmp_path: Path, tiny_config: Path) -> N
     )
     assert missing.returncode == 2
     assert "No such file" in missing.stderr
+
+
+def test_without_a_hub_or_a_config_the_edit_names_the_model_and_what_to_do(tmp_path: Path) -> None:
+    """Run from a folder with no config.yaml: the defaults, hub ids, and no hub (offline, empty cache)."""
+    source = tmp_path / "cat.png"
+    Image.new("RGB", (64, 64)).save(source)
+    done = _run(
+        "edit", source, "add a hat", "-o", tmp_path / "o.png", cwd=tmp_path, HF_HOME=str(tmp_path / "hf")
+    )
+    assert done.returncode == 2
+    blip = "Salesforce/blip-image-captioning-base"
+    assert done.stderr.startswith(f"error: engine.models.captioner: {blip} is not in the local model cache")
+    assert "hf download Salesforce/blip-image-captioning-base" in done.stderr
+    assert "None" not in done.stderr
+    assert "Traceback" not in done.stderr

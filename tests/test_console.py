@@ -222,7 +222,7 @@ def run_bot(config: Path, script: str, *args: str) -> subprocess.CompletedProces
 
 @pytest.mark.slow
 def test_the_console_runs_on_the_tiny_models_through_a_pipe(tmp_path: Path, tiny_config: Path) -> None:
-    """``bot.py --console`` end to end offline; then plain ``bot.py`` (no token) resumes the session."""
+    """``bot.py --console`` end to end offline, twice: the second run resumes the session."""
     config = yaml.safe_load(tiny_config.read_text(encoding="utf-8"))
     models = config["engine"]["models"]
     models |= {name: str(tiny_config.parent / folder) for name, folder in models.items()}
@@ -242,7 +242,7 @@ def test_the_console_runs_on_the_tiny_models_through_a_pipe(tmp_path: Path, tiny
     assert "Contact sheet of 2 steps" in first.stdout  # the original and the stronger sibling
     assert (tmp_path / "var" / "bot.db").is_file()
 
-    second = run_bot(local_config, "/undo\n/versions\n")
+    second = run_bot(local_config, "/undo\n/versions\n", "--console")
     assert second.returncode == 0, second.stderr
     assert f"Continuing with version {versions[1]}" in second.stdout
     assert re.search(r"Back to version \w+ \(the original", second.stdout)  # stronger is a sibling

@@ -66,9 +66,14 @@ def embeds(models: DiffusionModels) -> Embeds:
     return Embeds(models)
 
 
+#: The inversion of diffusers' reference: its roll rule (0 allowed) and its inverse scheduler.
+DIFFUSERS_INVERSION = InversionConfig(roll="diffusers")
+
+
 def invert(models: DiffusionModels, latents: torch.Tensor, embeds: Embeds, **options) -> torch.Tensor:
     options.setdefault("generator", torch.Generator().manual_seed(7))
-    return models.invert(latents, embeds.caption, steps=STEPS, config=InversionConfig(), **options)
+    options.setdefault("config", InversionConfig())
+    return models.invert(latents, embeds.caption, steps=STEPS, **options)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +156,7 @@ def test_matches_reference_exactly_with_the_same_attention_arithmetic(
     ours.unet.set_attn_processor(AttnProcessor())
     expected_inverted, expected_edited = reference_edit(reference_pipeline, latents, embeds)
 
-    inverted = invert(ours, latents, embeds, allow_zero_roll=True)
+    inverted = invert(ours, latents, embeds, config=DIFFUSERS_INVERSION)
     edited = edit(ours, expected_inverted, embeds, fold_equal_halves=False)
 
     torch.testing.assert_close(inverted, expected_inverted, rtol=0, atol=1e-6)
@@ -169,7 +174,7 @@ def test_matches_reference_with_sdpa_attention(
     """
     expected_inverted, expected_edited = reference_edit(reference_pipeline, latents, embeds)
 
-    inverted = invert(models, latents, embeds, allow_zero_roll=True)
+    inverted = invert(models, latents, embeds, config=DIFFUSERS_INVERSION)
     edited = edit(models, expected_inverted, embeds)
     unguided = edit(
         models, expected_inverted, embeds, settings=SETTINGS.replace(cross_attention_guidance=0.0)
@@ -185,7 +190,7 @@ def test_auto_correlation_loss_replays_the_reference(reference_pipeline) -> None
     ours_generator = torch.Generator().manual_seed(3)
     reference_generator = torch.Generator().manual_seed(3)
 
-    ours = auto_correlation_loss(noise, draw_shifts(noise.shape, ours_generator, 1, allow_zero_roll=True)[0])
+    ours = auto_correlation_loss(noise, draw_shifts(noise.shape, ours_generator, 1, rule="diffusers")[0])
     expected = reference_pipeline.auto_corr_loss(noise, generator=reference_generator)
 
     torch.testing.assert_close(ours, expected, rtol=1e-6, atol=0)
@@ -196,10 +201,10 @@ def test_auto_correlation_loss_replays_the_reference(reference_pipeline) -> None
 
 
 @settings(max_examples=200, deadline=None)
-@given(size=st.integers(min_value=2, max_value=512), seed=st.integers(min_value=0, max_value=2**32))
-def test_roll_is_never_zero(size: int, seed: int) -> None:
+@given(size=st.integers(min_value=4, max_value=512), seed=st.integers(min_value=0, max_value=2**32))
+def test_pix2pix_zero_roll_is_never_zero(size: int, seed: int) -> None:
     roll = draw_roll(size, torch.Generator().manual_seed(seed))
-    assert 1 <= roll <= size // 2
+    assert 1 <= roll < size // 2
     assert roll % size != 0
 
 
@@ -207,24 +212,27 @@ def test_roll_is_never_zero(size: int, seed: int) -> None:
 @given(size=st.integers(min_value=2, max_value=512), seed=st.integers(min_value=0, max_value=2**32))
 def test_reference_roll_replays_randint(size: int, seed: int) -> None:
     expected = torch.randint(size // 2, (1,), generator=torch.Generator().manual_seed(seed)).item()
-    assert draw_roll(size, torch.Generator().manual_seed(seed), allow_zero_roll=True) == expected
+    assert draw_roll(size, torch.Generator().manual_seed(seed), "diffusers") == expected
 
 
 def test_our_rolls_change_the_inversion(
     models: DiffusionModels, latents: torch.Tensor, embeds: Embeds, inverted: torch.Tensor
 ) -> None:
     """Same seed, other roll rule: the switch really selects the reference's draws."""
-    reference_rolls = invert(models, latents, embeds, allow_zero_roll=True)
+    reference_rolls = invert(models, latents, embeds, config=DIFFUSERS_INVERSION)
     assert (reference_rolls - inverted).abs().max() > 1e-3
 
 
-def test_a_side_of_one_cannot_roll() -> None:
-    with pytest.raises(ValueError, match="nonzero"):
-        draw_roll(1, torch.Generator())
+@pytest.mark.parametrize(("size", "rule"), [(3, "pix2pix_zero"), (1, "diffusers")])
+def test_a_side_too_short_cannot_roll(size: int, rule: str) -> None:
+    with pytest.raises(ValueError, match="cannot draw"):
+        draw_roll(size, torch.Generator(), rule)
 
 
-def test_auto_correlation_loss_handles_wide_latents() -> None:
-    noise = torch.randn(1, 4, 12, 40, generator=torch.Generator().manual_seed(0), requires_grad=True)
+@pytest.mark.parametrize("shape", [(12, 40), (64, 4)])
+def test_auto_correlation_loss_handles_wide_and_thin_latents(shape: tuple[int, int]) -> None:
+    """A 64x4 map would be pooled below one pixel by the references (they fail); ours stops."""
+    noise = torch.randn(1, 4, *shape, generator=torch.Generator().manual_seed(0), requires_grad=True)
     loss = auto_correlation_loss(noise, draw_shifts(noise.shape, torch.Generator().manual_seed(0), 1)[0])
     loss.backward()
     assert loss.item() > 0

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from editor.direction import BATCH_SIZE, edit_direction, encode_captions
+from editor.direction import BATCH_SIZE, ClipTokenLimit, edit_direction, encode_captions
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -103,3 +103,48 @@ def test_different_captions_give_a_non_zero_direction(pipeline: StableDiffusionP
 def test_encoding_needs_a_list_of_captions(pipeline: StableDiffusionPipeline, captions: object) -> None:
     with pytest.raises(ValueError, match="non-empty sequence"):
         encode_captions(pipeline.tokenizer, pipeline.text_encoder, captions)
+
+
+# --- the text encoder's token limit ---------------------------------------------------------------
+
+
+def test_token_limit_counts_the_encoders_tokens(pipeline: StableDiffusionPipeline) -> None:
+    limit = ClipTokenLimit(pipeline.tokenizer)
+    assert limit.limit == pipeline.tokenizer.model_max_length - 2
+    for text in ("a cat", "a red car parked by the road", "x" * 90):
+        ids = pipeline.tokenizer(text).input_ids
+        assert limit.count(text) == len(ids) - 2  # start and end tokens
+
+
+def test_long_captions_are_shortened_at_a_word_boundary(pipeline: StableDiffusionPipeline) -> None:
+    limit = ClipTokenLimit(pipeline.tokenizer)
+    caption = "a cat sitting on a red table, " * 6 + "with a dog"
+    assert limit.count(caption) > limit.limit
+    shortened = limit.shorten(caption)
+    assert shortened is not None
+    assert limit.count(shortened) <= limit.limit
+    assert caption.startswith(shortened)
+    assert caption[len(shortened)] in " ,"  # cut between words
+    next_word = caption[len(shortened) :].split(maxsplit=1)[0]
+    assert limit.count(f"{shortened} {next_word}".rstrip(",")) > limit.limit  # the longest that fits
+    assert not shortened.endswith(",")
+
+
+def test_fitting_captions_are_kept_and_one_giant_word_cannot_be_shortened(
+    pipeline: StableDiffusionPipeline,
+) -> None:
+    limit = ClipTokenLimit(pipeline.tokenizer)
+    assert limit.shorten("a cat on a table") == "a cat on a table"
+    assert limit.shorten("a cat on a table", limit=limit.count("a cat")) == "a cat"
+    assert limit.shorten("x" * 200) is None
+
+
+def test_a_difference_past_the_limit_is_lost_unless_shortened(pipeline: StableDiffusionPipeline) -> None:
+    """Why captions are fitted: the encoder drops the tail, so captions that differ only there
+    give a zero direction; fitted, their equality is visible before anything is encoded."""
+    limit = ClipTokenLimit(pipeline.tokenizer)
+    base = "a cat sitting on a red table " * 4
+    before, after = base + "in summer", base + "in winter"
+    embeds = encode_captions(pipeline.tokenizer, pipeline.text_encoder, [before, after])
+    assert torch.equal(embeds[0], embeds[1])
+    assert limit.shorten(before) == limit.shorten(after)

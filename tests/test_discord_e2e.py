@@ -463,10 +463,12 @@ async def test_ops_endpoint_reports_health_and_metrics(world: World) -> None:
             metrics = await response.text()
     assert health["status"] == "ok"
     assert health["discord_connected"] is True
-    assert "onthefly_queue_depth 0" in metrics
+    assert "onthefly_queue_depth 0.0" in metrics
+    assert "onthefly_up 1.0" in metrics
     assert 'onthefly_jobs{state="done"}' in metrics
-    assert 'onthefly_jobs{state="cancelled"} 2' in metrics
-    assert 'onthefly_edit_run_seconds{quantile="0.5"}' in metrics
+    assert 'onthefly_jobs{state="cancelled"} 2.0' in metrics
+    assert 'onthefly_edits_total{outcome="cancelled"} 2.0' in metrics
+    assert 'onthefly_edit_stage_seconds_count{stage="invert"}' in metrics
 
 
 async def test_allowed_mentions_are_none_on_everything_the_bot_sent(world: World) -> None:

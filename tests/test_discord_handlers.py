@@ -25,7 +25,6 @@ from handlers.discord.delivery import Destination
 from handlers.discord.errors import UNEXPECTED, BadRequest, user_message
 from handlers.discord.flows import REPLY_HINT, Relay
 from handlers.discord.moderation import InstructionFilter
-from handlers.discord.ops import prometheus_text
 from handlers.discord.preferences import SERVER_WIDE, Preferences, channel_place
 from handlers.discord.status import InteractionStatus, StatusUpdater
 from handlers.discord.views import InstructionModal
@@ -411,29 +410,6 @@ class _Options:
 
     def update_channel_options(self, place: Place, **changes: Any) -> dict[str, Any]:
         return self.store.update_place(place, "options", changes)
-
-
-def test_metrics_are_prometheus_text() -> None:
-    stats = {
-        "queue_depth": 2,
-        "running_job_id": "j1",
-        "jobs": {"done": 5, "failed": 1},
-        "recent_edits": 5,
-        "wait_s": {"mean": 1.0, "p50": 0.5, "p95": 3.0},
-        "run_s": None,
-    }
-    lines = prometheus_text(stats, connected=True, latency_s=0.05).splitlines()
-    assert "onthefly_up 1" in lines
-    assert "onthefly_queue_depth 2" in lines
-    assert "onthefly_edit_running 1" in lines
-    assert 'onthefly_jobs{state="done"} 5' in lines
-    assert 'onthefly_edit_wait_seconds{quantile="0.95"} 3' in lines
-    assert "onthefly_edit_wait_seconds_sum 5" in lines
-    assert "onthefly_edit_wait_seconds_count 5" in lines
-    assert "onthefly_edit_run_seconds_count 0" in lines
-    assert "onthefly_gateway_latency_seconds 0.05" in lines
-    samples = [line for line in lines if not line.startswith("#")]
-    assert all(len(line.split(" ")) == 2 for line in samples)
 
 
 # --- relay and command flows with stand-ins (regressions) -------------------------------------------

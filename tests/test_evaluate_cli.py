@@ -31,7 +31,7 @@ def quick_config(tiny_config: Path, tmp_path_factory: pytest.TempPathFactory) ->
         models[name] = str(tiny_config.parent / folder)
     for name in ("clip", "dino"):
         data["evaluation"][name] = str(tiny_config.parent / data["evaluation"][name])
-    data["engine"]["language_model"].update(max_new_tokens=16, max_attempts=1)
+    data["engine"]["language_model"].update(caption_tokens=2, max_attempts=1)
     data["edit"]["steps"] = 2
     path = tmp_path_factory.mktemp("evaluate-config") / "config.yaml"
     path.write_text(yaml.safe_dump(data))

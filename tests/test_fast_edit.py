@@ -272,6 +272,8 @@ def test_a_compiled_unet_edits_alike_and_compiles_once(
     first = compiled.edit(inverted, caption, directions[:1], settings=SETTINGS)
     with torch._dynamo.config.patch(error_on_recompile=True):
         second = compiled.edit(inverted, caption, directions[1:], settings=SETTINGS)
-    torch.testing.assert_close(first, expected, rtol=0, atol=1e-4)
+    # About 4x the rounding floor (one thread against two: 7e-5 to 8e-5 on latents of ~7 here);
+    # measured 7.7e-5 to 1.03e-4 depending on the roll rule's draws in the inversion.
+    torch.testing.assert_close(first, expected, rtol=0, atol=3e-4)
     assert second.shape == first.shape
     assert not any(parameter.requires_grad for parameter in compiled.unet.parameters())

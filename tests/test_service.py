@@ -332,8 +332,6 @@ async def test_messages_lead_back_to_their_versions_and_stats_add_up(service: Ed
     assert stats["queue_depth"] == 0
     assert stats["jobs"] == {"done": 1}
     assert stats["inversion_cache_bytes"] > 0  # the original's inversion
-    assert stats["recent_edits"] == 1
-    assert stats["run_s"]["p50"] >= 0
 
 
 async def test_stop_keeps_unfinished_jobs_queued_and_start_takes_them_up(

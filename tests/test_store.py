@@ -257,15 +257,12 @@ def test_messages_link_to_versions_and_places_keep_settings_and_options(store: S
     assert store.place_settings(Place("discord", 10, 20)) == {}  # another place
 
 
-def test_statistics_count_jobs_by_state_and_time_the_finished_ones(store: Store) -> None:
+def test_statistics_count_jobs_by_state(store: Store) -> None:
     done = start_job(store)
     store.mark_running(done)
     store.record_result(done, outcome())
     start_job(store)
     assert store.job_counts() == {"done": 1, "queued": 1}
-    [(wait, run)] = store.recent_latencies()
-    assert wait >= 0
-    assert run >= 0
 
 
 def test_an_in_memory_store_works_for_quick_checks() -> None:

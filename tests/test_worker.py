@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +23,7 @@ from PIL import Image
 
 from editor.config import ConfigError
 from editor.progress import Progress
+from editor.replicas import RayConfig
 from editor.types import STAGES, EditCancelled, EditRequest, EditResult, InvalidInput, StepCallback
 from editor.worker import (
     EditFailed,
@@ -430,6 +433,23 @@ def test_worker_section_of_the_shipped_config():
         AppConfig.from_mapping({"worker": {"max_queue": 0}})
     with pytest.raises(ConfigError, match=r"worker: unknown key\(s\) queue_size"):
         AppConfig.from_mapping({"worker": {"queue_size": 3}})
+    ray = AppConfig.from_mapping({"worker": {"backend": "ray", "ray": {"address": "auto", "replicas": 4}}})
+    assert ray.worker == WorkerConfig(backend="ray", ray=RayConfig(address="auto", replicas=4))
+    with pytest.raises(ConfigError, match=r"worker: backend must be local or ray, got 'gpu'"):
+        AppConfig.from_mapping({"worker": {"backend": "gpu"}})
+    with pytest.raises(ConfigError, match=r"worker.ray: replicas must be at least 1"):
+        AppConfig.from_mapping({"worker": {"ray": {"replicas": 0}}})
+
+
+def test_the_local_backend_starts_without_importing_ray(tmp_path):
+    """Ray is a large import (and starts threads): only ``backend: ray`` may load it."""
+    script = (
+        "import sys\n"
+        "from tests.support.editor import StandInEditor, stand_in_app\n"
+        f"app = stand_in_app(__import__('pathlib').Path({str(tmp_path / 'bot.db')!r}), StandInEditor())\n"
+        "assert 'ray' not in sys.modules, 'the local backend imported ray'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=120)
 
 
 async def test_the_tiny_engine_runs_through_the_worker_and_stops_on_cancel(tiny_config):

@@ -7,11 +7,15 @@ language-model call when the request brings no captions. A job can be held befor
 first step (and is then cancellable) so tests decide the order of events instead of
 timing them; ``failures`` makes a named job raise. Each step can sleep (``step_s``, a
 job that waits) or spin (``busy_s``, a job that holds the GIL like Python-heavy work).
+
+On Ray replicas the stand-in lives in other processes, so holds and the record of started jobs
+go through a :class:`Board`, a folder the test and every replica share.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -24,6 +28,7 @@ from PIL import Image
 from editor.config import LimitsConfig
 from editor.images import check_instruction, load_image
 from editor.overrides import check_caption_overrides
+from editor.replicas import Replica
 from editor.types import (
     EditCounts,
     EditRequest,
@@ -43,6 +48,51 @@ RESOLUTION = 32
 DEFAULTS = EditSettings(steps=4, num_captions=2)
 #: How often a held job looks for its release or a cancel.
 _HOLD_POLL_S = 0.002
+#: The same through a board (a file's presence), read by processes that share the machine's cores.
+_BOARD_POLL_S = 0.01
+
+
+@dataclass(frozen=True)
+class Board:
+    """Holds and starts shared between a test and stand-ins in other processes (Ray replicas)."""
+
+    folder: Path
+
+    def hold(self, *instructions: str) -> None:
+        for instruction in instructions:
+            (self.folder / f"hold-{instruction}").touch()
+
+    def release(self, instruction: str) -> None:
+        (self.folder / f"hold-{instruction}").unlink()
+
+    def held(self, instruction: str) -> bool:
+        return (self.folder / f"hold-{instruction}").exists()
+
+    def record_start(self, instruction: str) -> None:
+        with (self.folder / "started").open("a", encoding="utf-8") as log:
+            log.write(f"{instruction} {os.getpid()}\n")
+
+    def started(self) -> list[tuple[str, int]]:
+        """(instruction, pid of the process that runs it), in the order the edits began."""
+        log = self.folder / "started"
+        lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+        return [(name, int(pid)) for name, pid in (line.split() for line in lines)]
+
+
+@dataclass(frozen=True)
+class BoardStandIn:
+    """Builds a stand-in in a replica's process (picklable), its holds and starts on ``board``."""
+
+    board: Board
+    steps: int = 3
+    step_s: float = 0.0
+    #: (instruction, what its edit raises), as ``StandInEditor.failures``.
+    failures: tuple[tuple[str, BaseException], ...] = ()
+
+    def __call__(self) -> StandInEditor:
+        editor = StandInEditor(board=self.board, steps=self.steps, step_s=self.step_s)
+        editor.failures.update(self.failures)
+        return editor
 
 
 @dataclass(frozen=True)
@@ -64,6 +114,7 @@ class StandInEditor:
         busy_s: float = 0.0,
         defaults: EditSettings = DEFAULTS,
         limits: LimitsConfig = LIMITS,
+        board: Board | None = None,
     ) -> None:
         self.steps = steps
         self.step_s = step_s
@@ -82,7 +133,10 @@ class StandInEditor:
         self.started: list[str] = []
         #: Instruction -> what its edit raises (after any hold).
         self.failures: dict[str, BaseException] = {}
+        #: Instructions whose edit reports that the language model's fallback captions were used.
+        self.fallbacks: set[str] = set()
         self._gates: dict[str, threading.Event] = {}
+        self.board = board
 
     def hold(self, *instructions: str) -> None:
         for instruction in instructions:
@@ -120,6 +174,11 @@ class StandInEditor:
         gate = self._gates.get(checked.instruction)
         while gate is not None and not gate.wait(_HOLD_POLL_S):
             raise_if_cancelled(cancel)
+        if self.board is not None:
+            self.board.record_start(checked.instruction)
+            while self.board.held(checked.instruction):
+                raise_if_cancelled(cancel)
+                time.sleep(_BOARD_POLL_S)
         if checked.instruction in self.failures:
             raise self.failures[checked.instruction]
         caption, inversion = self._caption_and_inversion(request)
@@ -145,6 +204,7 @@ class StandInEditor:
             inversion=inversion,
             timings={"edit": (self.step_s + self.busy_s) * self.steps},
             counts=EditCounts(),
+            used_fallback_captions=checked.instruction in self.fallbacks,
         )
 
     def edit_many(
@@ -199,13 +259,23 @@ def _preview_png(image: Image.Image, done: float) -> bytes:
     return buffer.getvalue()
 
 
-def stand_in_app(database: Path, editor: StandInEditor, *, per_user_cap: int = 3) -> App:
-    """The real store, worker and service around ``editor``, composed as ``bot.py`` composes them."""
+def stand_in_app(
+    database: Path, editor: StandInEditor, *, per_user_cap: int = 3, replicas: Sequence[Replica] | None = None
+) -> App:
+    """The real store, worker and service around ``editor``, composed as ``bot.py`` composes them.
+
+    With ``replicas`` (Ray replicas running stand-ins) the jobs run there; ``editor`` checks requests.
+    """
     config = AppConfig.from_mapping(
         {
             "storage": {"database": str(database)},
-            "worker": {"max_queue": 10, "per_user_cap": per_user_cap, "job_timeout_s": 30.0},
+            "worker": {
+                "max_queue": 10,
+                "per_user_cap": per_user_cap,
+                "job_timeout_s": 30.0,
+                "backend": "local" if replicas is None else "ray",
+            },
         },
         database.parent,
     )
-    return compose(config, editor=editor)
+    return compose(config, editor=editor, replicas=replicas)

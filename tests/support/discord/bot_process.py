@@ -52,8 +52,15 @@ class BotProcess:
     """One run of ``bot.py`` (through the test launcher); its log goes to ``log_path``."""
 
     def __init__(
-        self, fake: FakeDiscord, config: Path, log_path: Path, script: Path = ROOT / "bot.py"
+        self,
+        fake: FakeDiscord,
+        config: Path,
+        log_path: Path,
+        script: Path = ROOT / "bot.py",
+        *,
+        verbose: bool = True,
     ) -> None:
+        self.verbose = verbose
         self.fake = fake
         self.config = config
         self.log_path = log_path
@@ -78,7 +85,7 @@ class BotProcess:
                 "--",
                 "--config",
                 str(self.config),
-                "--verbose",
+                *(["--verbose"] if self.verbose else []),
                 env=env,
                 stdout=log,
                 stderr=log,
@@ -118,9 +125,11 @@ class BotProcess:
             await self.process.wait()
         await self.fake.wait_disconnected()
 
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
     def log_tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
 
 def replies_to(message_id: str) -> Any:
