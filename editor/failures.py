@@ -88,3 +88,10 @@ def _describe_seconds(seconds: float) -> str:
     if seconds >= 120:
         return f"{seconds / 60:g} minutes"
     return f"{seconds:g} seconds"
+
+
+def is_device_fault(error: BaseException) -> bool:
+    """A CUDA error leaves the device unusable until the process ends (torch.AcceleratorError)."""
+    return any(cls.__name__ == "AcceleratorError" for cls in type(error).__mro__) or "CUDA error" in str(
+        error
+    )

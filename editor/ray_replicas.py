@@ -33,8 +33,8 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import ActorUnavailableError, NodeDiedError, ObjectLostError, RayActorError, RayError
 
-from editor.failures import ReplicaLost, is_out_of_memory, release_gpu_memory
-from editor.replicas import RayConfig
+from editor.failures import ReplicaLost, is_device_fault, is_out_of_memory, release_gpu_memory
+from editor.replicas import RayConfig, ReplicaInfo, ReplicasUnavailable
 from editor.types import (
     EditCancelled,
     EditRequest,
@@ -66,24 +66,6 @@ News = tuple[int, Step | None, bytes | None]
 
 class _Silent(Exception):
     """The replica stopped answering (hung, or its node cut off)."""
-
-
-class ReplicasUnavailable(OSError):
-    """No replica could start (the models failed to load, or the cluster lacks the resources)."""
-
-
-@dataclass(frozen=True)
-class ReplicaInfo:
-    """Where a replica runs, as Ray placed it."""
-
-    index: int
-    node: str
-    pid: int
-    gpus: tuple[str, ...]
-
-    def describe(self) -> str:
-        device = f"GPU {', '.join(self.gpus)}" if self.gpus else "CPU"
-        return f"replica {self.index} on {self.node} ({device}, pid {self.pid})"
 
 
 @dataclass
@@ -206,14 +188,7 @@ def _failed(error: BaseException, running: _Running) -> _Reply:
         cloudpickle.dumps(error)
     except Exception:  # an error that cannot travel is told by name and message
         error = RuntimeError(f"{type(error).__name__}: {error}")
-    return _Reply(None, error, running.seq, running.latest, device_fault=_is_device_fault(error))
-
-
-def _is_device_fault(error: BaseException) -> bool:
-    """A CUDA error leaves the device unusable until the process ends (torch.AcceleratorError)."""
-    return any(cls.__name__ == "AcceleratorError" for cls in type(error).__mro__) or "CUDA error" in str(
-        error
-    )
+    return _Reply(None, error, running.seq, running.latest, device_fault=is_device_fault(error))
 
 
 class RayReplica:

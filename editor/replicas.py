@@ -53,6 +53,24 @@ class RayConfig:
             raise ValueError("start_timeout_s and hang_timeout_s must be positive")
 
 
+class ReplicasUnavailable(OSError):
+    """No replica could start (the models failed to load, or the cluster lacks the resources)."""
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """Where a replica runs, as Ray placed it."""
+
+    index: int
+    node: str
+    pid: int
+    gpus: tuple[str, ...]
+
+    def describe(self) -> str:
+        device = f"GPU {', '.join(self.gpus)}" if self.gpus else "CPU"
+        return f"replica {self.index} on {self.node} ({device}, pid {self.pid})"
+
+
 class Replica(SupportsEdit, Protocol):
     """Where one job at a time runs: an editor, here or elsewhere, that can be lost and replaced."""
 

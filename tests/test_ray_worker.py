@@ -231,3 +231,23 @@ async def test_a_cuda_error_replaces_the_replica_and_the_job_runs_once_more(make
     assert first != second
     assert (await worker.submit("after-cuda", "bob", request("after-cuda")).result()).caption == "after-cuda"
     assert not {first, second} & set(starts(board, "after-cuda")), "the failed processes were replaced"
+
+
+async def test_a_batch_of_variations_runs_as_one_job_on_a_replica_with_its_previews(make_worker):
+    worker = await make_worker()
+    name = "varied-on-ray"
+    batch = tuple(
+        EditRequest(
+            image=png(), instruction=name, seed=seed, captions=((name,), (f"{name} {seed}",)), previews=True
+        )
+        for seed in range(3)
+    )
+    handle = worker.submit("many", "ann", batch)
+    previews = [update.preview async for update in handle.progress() if update.preview is not None]
+    results = await handle.result()
+    assert isinstance(results, tuple)
+    assert len(results) == 3
+    assert [r.after_captions for r in results] == [(f"{name} {seed}",) for seed in range(3)]
+    assert results[0].inversion == results[2].inversion, "one inversion for the batch"
+    assert previews, "previews cross from the replica"
+    assert all(p.startswith(b"\x89PNG") for p in previews)
