@@ -65,7 +65,7 @@ class Store:
             db.execute("PRAGMA foreign_keys = ON")
             db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             if str(path) != ":memory:":
-                db.enable_wal()
+                _enable_wal(db, busy_timeout_s)
             migrate(db)
         except (OSError, sqlite3.Error) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
@@ -429,3 +429,20 @@ class Store:
 
     def _one(self, sql: str, params: list[Any]) -> dict[str, Any] | None:
         return next(iter(self.db.query(sql, params)), None)
+
+
+def _enable_wal(db: Database, timeout_s: float) -> None:
+    """Switch to WAL, waiting while another process holds the lock.
+
+    SQLite answers a journal-mode change made while another connection writes (a second process
+    migrating a fresh file) with "database is locked" at once, without its busy handler.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            db.enable_wal()
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
