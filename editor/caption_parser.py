@@ -184,7 +184,12 @@ def parse_captions(text: str, n: int) -> tuple[tuple[str, ...], tuple[str, ...]]
 
 def same_captions(before: list[str] | tuple[str, ...], after: list[str] | tuple[str, ...]) -> bool:
     """The same captions in any order and case: their mean embeddings, and so the direction, agree."""
-    return sorted(c.casefold() for c in before) == sorted(c.casefold() for c in after)
+    return sorted(_caseless(c) for c in before) == sorted(_caseless(c) for c in after)
+
+
+def _caseless(caption: str) -> str:
+    """Case folded after upper-casing, so letters like the dotless ı meet their capitals (I)."""
+    return caption.upper().casefold()
 
 
 def _lines(text: str) -> list[str]:
