@@ -293,3 +293,17 @@ class CaptionWriter:
         if same_captions(before, after):
             return None
         return (before, after), cut_before + cut_after
+
+
+def caption_notes(used_fallback: bool, attempts: int, shortened: int) -> list[str]:
+    """What the user should know about the language model's captions."""
+    notes = []
+    if used_fallback:
+        notes.append(
+            f"The language model gave no usable captions in {attempts} "
+            f"{'try' if attempts == 1 else 'tries'}; the edit used the fallback: before = the image "
+            "caption, after = the caption with the instruction appended."
+        )
+    if shortened:
+        notes.append(f"{shortened} of the language model's captions were shortened to fit the text encoder.")
+    return notes

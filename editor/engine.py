@@ -27,8 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,13 +37,21 @@ from PIL import Image
 from editor import loading
 from editor.caption_parser import same_captions
 from editor.captioner import Captioner
-from editor.captions import CaptionSet, CaptionWriter
+from editor.captions import CaptionSet, CaptionWriter, caption_notes
 from editor.chain import compose
 from editor.config import EngineConfig, LimitsConfig
 from editor.diffusion import DiffusionModels, UNetCounter
 from editor.direction import ClipTokenLimit, edit_direction
 from editor.front import EditorFront, PreparedInput
-from editor.language_model import CausalLanguageModel
+from editor.placement import (
+    compile_for_speed,
+    language_model_of,
+    offloaded_modules,
+    pick_device,
+    pick_dtype,
+    resident,
+    timed,
+)
 from editor.preview import LatentPreview, PreviewMaker
 from editor.types import (
     EditCounts,
@@ -59,27 +66,9 @@ from editor.types import (
 )
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    pass
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` is CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is float16 on CUDA (the paper's setting) and float32 elsewhere."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
-#: Settings the shared inversion and reconstruction depend on: edits made together share them.
-SHARED_SETTINGS = ("steps", "guidance_scale", "cross_attention_guidance")
 
 
 @dataclass
@@ -138,7 +127,7 @@ class Editor:
         with loading.explained("engine.models.language_model", sources.language_model):
             caption_writer = CaptionWriter.from_pretrained(sources.language_model, device, dtype, sources.lm)
         if config.offload == "model":  # before the UNet arrives: a small card holds both only briefly
-            for module in _offloaded_modules(captioner, caption_writer):
+            for module in offloaded_modules(captioner, caption_writer):
                 module.to("cpu")
         with loading.explained("engine.models.diffusion", sources.diffusion):
             diffusion = DiffusionModels.from_pretrained(sources.diffusion, device, dtype)
@@ -216,14 +205,14 @@ class Editor:
         the K guided passes as one batch: the primitive for variations.
 
         The first request gives what is shared (image, caption override, cached inversion, the
-        inversion's seed, :data:`SHARED_SETTINGS`); the others must agree. Each result's
+        inversion's seed, :data:`editor.front.SHARED_SETTINGS`); the others must agree. Each result's
         timings and UNet counts are the whole call's. When the first request asks for previews,
         ``preview(png)`` gets the K edits forming, at most one per ``engine.preview_interval_s``.
         """
         run = _Run(report=callback or _ignore_progress, cancel=cancel or threading.Event())
 
         # 1. Check inputs.
-        prepared = self._check_batch(requests)
+        prepared = self.front.check_batch(requests)
         first, image, settings = requests[0], prepared[0].image, prepared[0].settings
         key = self.inversion_key(settings)
         cached = self._usable_inversion(first, key, self.diffusion.latent_shape(image.size))
@@ -252,7 +241,7 @@ class Editor:
 
         # 5. Edit directions in CLIP text-embedding space.
         encode = self.diffusion.encode_prompt
-        with self._timed(run.timings, "direction"):
+        with timed(run.timings, "direction", self.diffusion.device):
             directions = torch.cat(
                 [edit_direction(encode(list(c.before)), encode(list(c.after))) for c in captions]
             )
@@ -262,7 +251,7 @@ class Editor:
 
         # 6. Reconstruction (records cross-attention) and the guided edits, step by step.
         raise_if_cancelled(run.cancel)
-        with self._timed(run.timings, "edit"):
+        with timed(run.timings, "edit", self.diffusion.device):
             edited = self.diffusion.edit(
                 inversion.latents,
                 caption_embeds,
@@ -277,7 +266,7 @@ class Editor:
 
         # 7. Decode.
         pictures = []
-        with self._timed(run.timings, "decode"):
+        with timed(run.timings, "decode", self.diffusion.device):
             for index in range(len(requests)):
                 run.report("decode", index, len(requests))
                 pictures.append(self.diffusion.decode(edited[index : index + 1]))
@@ -296,28 +285,12 @@ class Editor:
             self.latent_preview = LatentPreview.fit(self.diffusion)
         return PreviewMaker(self.latent_preview, self.config.preview_interval_s, preview)
 
-    def _check_batch(self, requests: Sequence[EditRequest]) -> list[PreparedInput]:
-        """Every request's own checks, then what edits made together must share."""
-        if not requests:
-            raise InvalidInput("No edit was asked for.")
-        prepared = [self.check_inputs(request) for request in requests]
-        first, reference = requests[0], prepared[0]
-        for request, item in zip(requests[1:], prepared[1:], strict=True):
-            if item.image.size != reference.image.size or item.image.tobytes() != reference.image.tobytes():
-                raise InvalidInput("Edits made together must be of the same image.")
-            if any(
-                getattr(item.settings, name) != getattr(reference.settings, name) for name in SHARED_SETTINGS
-            ):
-                raise InvalidInput(f"Edits made together must share {', '.join(SHARED_SETTINGS)}.")
-            if request.caption != first.caption or request.inversion is not first.inversion:
-                raise InvalidInput(
-                    "Edits made together must share the caption override and cached inversion."
-                )
-        return prepared
-
     def _caption(self, image: Image.Image, run: _Run) -> str:
         raise_if_cancelled(run.cancel)
-        with self._timed(run.timings, "caption"), self._resident(self.captioner.model):
+        with (
+            timed(run.timings, "caption", self.diffusion.device),
+            resident(self.captioner.model, self.diffusion.device, self.config.offload),
+        ):
             run.report("caption", 0, 1)
             caption = self.captioner.caption(image)
             run.report("caption", 1, 1)
@@ -328,10 +301,10 @@ class Editor:
     ) -> Inversion:
         """Encode and invert the image; the request's seed draws the regularisation's rolls."""
         settings = request.settings
-        with self._timed(run.timings, "prepare"):
+        with timed(run.timings, "prepare", self.diffusion.device):
             latents = self.diffusion.encode_image(image)
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        with self._timed(run.timings, "invert"):
+        with timed(run.timings, "invert", self.diffusion.device):
             inverted = self.diffusion.invert(
                 latents,
                 caption_embeds,
@@ -365,8 +338,11 @@ class Editor:
             after = tuple(self._fit(c.strip(), "after caption", notes) for c in request.captions[1])
             captions = _Captions(before or (caption,), after, notes=tuple(notes))
         else:
-            lm = _language_model(self.caption_writer)
-            with self._timed(run.timings, "captions"), self._resident(lm):
+            lm = language_model_of(self.caption_writer)
+            with (
+                timed(run.timings, "captions", self.diffusion.device),
+                resident(lm, self.diffusion.device, self.config.offload),
+            ):
                 run.report("captions", index, total)
                 written = self.caption_writer.write(
                     prepared.instruction,
@@ -377,7 +353,7 @@ class Editor:
                     limit=self.token_limit,
                 )
                 run.report("captions", index + 1, total)
-            notes = _caption_notes(written.used_fallback, written.generate_calls, written.shortened)
+            notes = caption_notes(written.used_fallback, written.generate_calls, written.shortened)
             captions = _Captions(written.before, written.after, written, tuple(notes))
         if same_captions(captions.before, captions.after):
             raise InvalidInput(
@@ -398,29 +374,11 @@ class Editor:
             notes.append(f"The {what} was shortened to the text encoder's {limit} tokens: “{fitted}”.")
         return fitted
 
-    @contextmanager
-    def _resident(self, module: torch.nn.Module | None) -> Iterator[None]:
-        """``engine.offload: model``: the module is on the GPU for this stage only."""
-        if module is None or self.config.offload != "model":
-            yield
-            return
-        module.to(self.diffusion.device)
-        try:
-            yield
-        finally:
-            module.to("cpu")
-
     def compile(self, backend: str = "inductor") -> None:
         """``engine.compile``: the UNet compiled and channels-last; on CUDA, TF32 matmuls and
         convolutions for the float32 VAE; a static KV cache for the language model (on CUDA
         transformers then compiles its decoding step). Graphs are made on the first edit."""
-        self.diffusion.compile(backend)
-        if self.diffusion.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        lm = _language_model(self.caption_writer)
-        if lm is not None:
-            lm.generation_config.cache_implementation = "static"
+        compile_for_speed(self.diffusion, language_model_of(self.caption_writer), backend)
 
     def _usable_inversion(self, request: EditRequest, key: str, shape: tuple[int, ...]) -> Inversion | None:
         """The request's cached inversion if it was made for this model, settings and size."""
@@ -436,42 +394,6 @@ class Editor:
         ):
             return None
         return cached
-
-    @contextmanager
-    def _timed(self, timings: dict[str, float], stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.diffusion.device.type == "cuda":
-                torch.cuda.synchronize(self.diffusion.device)
-            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
-
-
-def _caption_notes(used_fallback: bool, attempts: int, shortened: int) -> list[str]:
-    """What the user should know about the language model's captions."""
-    notes = []
-    if used_fallback:
-        notes.append(
-            f"The language model gave no usable captions in {attempts} "
-            f"{'try' if attempts == 1 else 'tries'}; the edit used the fallback: before = the image "
-            "caption, after = the caption with the instruction appended."
-        )
-    if shortened:
-        notes.append(f"{shortened} of the language model's captions were shortened to fit the text encoder.")
-    return notes
-
-
-def _language_model(caption_writer: CaptionWriter) -> PreTrainedModel | None:
-    """The language model's torch module, when the caption writer runs one."""
-    generate_text = caption_writer.generate_text
-    return generate_text.model if isinstance(generate_text, CausalLanguageModel) else None
-
-
-def _offloaded_modules(captioner: Captioner, caption_writer: CaptionWriter) -> list[torch.nn.Module]:
-    """What ``engine.offload: model`` keeps off the GPU between its stages."""
-    lm = _language_model(caption_writer)
-    return [captioner.model] if lm is None else [captioner.model, lm]
 
 
 def _result(

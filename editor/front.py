@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ from editor.config import EngineConfig, LimitsConfig
 from editor.images import check_instruction, load_image
 from editor.overrides import Captions, check_caption_overrides
 from editor.types import EditRequest, EditSettings, InvalidInput
+
+#: Settings the shared inversion and reconstruction depend on: edits made together share them.
+SHARED_SETTINGS = ("steps", "guidance_scale", "cross_attention_guidance")
 
 
 @dataclass(frozen=True)
@@ -90,3 +94,22 @@ class EditorFront:
         instruction = check_instruction(request.instruction, self.limits)
         image = load_image(request.image, self.limits, self.config.resolution)
         return PreparedInput(image=image, instruction=instruction, settings=request.settings)
+
+    def check_batch(self, requests: Sequence[EditRequest]) -> list[PreparedInput]:
+        """Every request's own checks, then what edits made together must share."""
+        if not requests:
+            raise InvalidInput("No edit was asked for.")
+        prepared = [self.check_inputs(request) for request in requests]
+        first, reference = requests[0], prepared[0]
+        for request, item in zip(requests[1:], prepared[1:], strict=True):
+            if item.image.size != reference.image.size or item.image.tobytes() != reference.image.tobytes():
+                raise InvalidInput("Edits made together must be of the same image.")
+            if any(
+                getattr(item.settings, name) != getattr(reference.settings, name) for name in SHARED_SETTINGS
+            ):
+                raise InvalidInput(f"Edits made together must share {', '.join(SHARED_SETTINGS)}.")
+            if request.caption != first.caption or request.inversion is not first.inversion:
+                raise InvalidInput(
+                    "Edits made together must share the caption override and cached inversion."
+                )
+        return prepared
