@@ -28,6 +28,22 @@ UNEXPECTED_ERROR_MESSAGE = (
 )
 
 
+class WorkerRejected(Exception):
+    """The job was not queued; the message is written for the requester."""
+
+
+class QueueFull(WorkerRejected):
+    """Too many jobs are waiting in total."""
+
+
+class UserLimitReached(WorkerRejected):
+    """This requester already has as many jobs waiting or running as allowed."""
+
+
+class WorkerStopping(WorkerRejected):
+    """The worker is shutting down and takes no new jobs."""
+
+
 class EditFailed(Exception):
     """The edit did not produce an image; ``user_message`` says why, in plain words."""
 

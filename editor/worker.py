@@ -28,7 +28,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from editor.failures import REPLICA_LOST_MESSAGE, EditFailed, ReplicaLost, WorkerStopped, explain
+from editor.failures import (
+    REPLICA_LOST_MESSAGE,
+    EditFailed,
+    QueueFull,
+    ReplicaLost,
+    UserLimitReached,
+    WorkerStopped,
+    WorkerStopping,
+    explain,
+)
 from editor.progress import JobHandle, LoopDelivery, Outcome, Progress, ProgressState, Update
 from editor.replicas import InProcess, RayConfig, Replica
 from editor.types import EditCancelled, SupportsEdit, Work, WorkResult
@@ -64,22 +73,6 @@ class WorkerConfig:
             raise ValueError(f"job_timeout_s must be positive, got {self.job_timeout_s}")
         if self.backend not in ("local", "ray"):
             raise ValueError(f"backend must be local or ray, got {self.backend!r}")
-
-
-class WorkerRejected(Exception):
-    """The job was not queued; the message is written for the requester."""
-
-
-class QueueFull(WorkerRejected):
-    """Too many jobs are waiting in total."""
-
-
-class UserLimitReached(WorkerRejected):
-    """This requester already has as many jobs waiting or running as allowed."""
-
-
-class WorkerStopping(WorkerRejected):
-    """The worker is shutting down and takes no new jobs."""
 
 
 @dataclass(eq=False)

@@ -34,10 +34,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from editor.config import LimitsConfig
+from editor.failures import EditFailed, WorkerRejected, WorkerStopped
 from editor.images import load_original
 from editor.progress import JobHandle, Progress
 from editor.types import EditCancelled, EditRequest, EditResult, EditSettings, Inversion, Work, WorkResult
-from editor.worker import EditFailed, EditWorker, WorkerRejected, WorkerStopped
+from editor.worker import EditWorker
 from sessions.errors import JobFailed, Postponed, Rejected, UserError
 from sessions.metrics import EditMetrics, error_kind
 from sessions.models import Job, VariationSet, Version

@@ -22,6 +22,7 @@ from sqlite_utils import Database
 from editor.types import EditSettings, PriorEdit
 from sessions.inversions import InversionCache
 from sessions.models import Author, CaptionsBy, ChainMode, Job, JobKind, Place, Version
+from sessions.place_rows import PlaceRows
 from sessions.records import EditOutcome, JobSpec, prior_edit
 from sessions.schema import JOB_COLUMNS, VERSION_COLUMNS, job_from_row, migrate, version_from_row
 from sessions.variation_store import VariationStore
@@ -38,7 +39,7 @@ class StorageUnavailable(Exception):
     """The database file cannot be opened or created; the message names it and says why."""
 
 
-class Store:
+class Store(PlaceRows):
     """The edit tree, jobs, message links, per-place settings and the inversion cache."""
 
     def __init__(self, db: Database, inversion_cache_bytes: int) -> None:
@@ -369,56 +370,12 @@ class Store:
 
     # --- message links ----------------------------------------------------------------
 
-    def link_message(self, transport: str, message_id: str, version_id: str) -> None:
-        self.db.table("message_links").upsert(
-            {
-                "transport": transport,
-                "message_id": str(message_id),
-                "version_id": version_id,
-                "created_at": time.time(),
-            },
-            pk=("transport", "message_id"),
-        )
-
     def version_for_message(self, transport: str, message_id: str) -> Version | None:
         row = self._one(
             "SELECT version_id FROM message_links WHERE transport = ? AND message_id = ?",
             [transport, str(message_id)],
         )
         return None if row is None else self.get_version(row["version_id"])
-
-    # --- places ---------------------------------------------------------------------
-
-    def place_settings(self, place: Place) -> dict[str, Any]:
-        """The edit-setting overrides of a place (only the settings that differ)."""
-        return self._place_json(place, "settings")
-
-    def place_options(self, place: Place) -> dict[str, Any]:
-        """Free-form per-place state of the transports (flags, the console's current version)."""
-        return self._place_json(place, "options")
-
-    def update_place(self, place: Place, column: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Merge ``changes`` into a place's ``settings`` or ``options``; None removes a key."""
-        if column not in ("settings", "options"):
-            raise ValueError(f"places have no JSON column {column!r}")
-        with self.db.atomic():
-            current = self._place_json(place, column)
-            for name, value in changes.items():
-                if value is None:
-                    current.pop(name, None)
-                else:
-                    current[name] = value
-            self.db.execute(
-                "INSERT INTO places (key, transport, guild_id, channel_id, thread_id) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                [place.key, place.transport, place.guild_id, place.channel_id, place.thread_id],
-            )
-            self.db.execute(f"UPDATE places SET {column} = ? WHERE key = ?", [json.dumps(current), place.key])
-        return current
-
-    def _place_json(self, place: Place, column: str) -> dict[str, Any]:
-        row = self.db.execute(f"SELECT {column} FROM places WHERE key = ?", [place.key]).fetchone()
-        return {} if row is None else json.loads(row[0])
 
     # --- statistics ----------------------------------------------------------------
 

@@ -22,19 +22,18 @@ import torch
 from PIL import Image
 
 from editor.config import ConfigError
-from editor.progress import Progress
-from editor.replicas import RayConfig
-from editor.types import STAGES, EditCancelled, EditRequest, EditResult, InvalidInput, StepCallback
-from editor.worker import (
+from editor.failures import (
     EditFailed,
-    EditWorker,
     QueueFull,
     UserLimitReached,
-    WorkerConfig,
     WorkerRejected,
     WorkerStopped,
     WorkerStopping,
 )
+from editor.progress import Progress
+from editor.replicas import RayConfig
+from editor.types import STAGES, EditCancelled, EditRequest, EditResult, InvalidInput, StepCallback
+from editor.worker import EditWorker, WorkerConfig
 from sessions.config import AppConfig, load_config
 from tests.support.editor import StandInEditor
 
