@@ -207,17 +207,23 @@ class Delivery:
             )
         return render.done_text(requester_id, instruction, time.monotonic() - started)
 
+    def _channel_and_reference(
+        self, destination: Destination
+    ) -> tuple[discord.PartialMessageable, discord.MessageReference | None]:
+        """Where a result goes, and the message it answers (if that message may be gone, still post)."""
+        channel = self._bot.get_partial_messageable(destination.channel_id, guild_id=destination.guild_id)
+        if destination.reply_to is None:
+            return channel, None
+        return channel, discord.MessageReference(
+            message_id=destination.reply_to,
+            channel_id=destination.channel_id,
+            guild_id=destination.guild_id,
+            fail_if_not_exists=False,
+        )
+
     async def send_variations(self, destination: Destination, made: VariationSet, grid: bytes) -> None:
         """Post the grid of variations with a button per variation to pick it."""
-        channel = self._bot.get_partial_messageable(destination.channel_id, guild_id=destination.guild_id)
-        reference = None
-        if destination.reply_to is not None:
-            reference = discord.MessageReference(
-                message_id=destination.reply_to,
-                channel_id=destination.channel_id,
-                guild_id=destination.guild_id,
-                fail_if_not_exists=False,
-            )
+        channel, reference = self._channel_and_reference(destination)
         fitted = await fit_image(grid, self._upload_limit(destination.guild_id), f"variations-{made.job_id}")
         await channel.send(
             render.variations_text(made, fitted.note),
@@ -235,15 +241,7 @@ class Delivery:
         A 413 from Discord (its limit was lower than it said) is retried once at half the size;
         sending again is safe then, since nothing was posted.
         """
-        channel = self._bot.get_partial_messageable(destination.channel_id, guild_id=destination.guild_id)
-        reference = None
-        if destination.reply_to is not None:
-            reference = discord.MessageReference(
-                message_id=destination.reply_to,
-                channel_id=destination.channel_id,
-                guild_id=destination.guild_id,
-                fail_if_not_exists=False,
-            )
+        channel, reference = self._channel_and_reference(destination)
 
         async def send(fitted: render.FittedImage) -> discord.Message:
             return await channel.send(
