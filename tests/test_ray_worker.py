@@ -20,10 +20,11 @@ import pytest
 import torch
 from PIL import Image
 
+from editor.admission import UserLimitReached
 from editor.progress import Progress
 from editor.replicas import RayConfig, start_ray_replicas
 from editor.types import EditCancelled, EditRequest
-from editor.worker import EditFailed, EditWorker, UserLimitReached, WorkerConfig
+from editor.worker import EditFailed, EditWorker, WorkerConfig
 from sessions import App, Author, JobFailed, Place
 from tests.support.db_checks import database_problems
 from tests.support.editor import Board, BoardStandIn, StandInEditor, stand_in_app
