@@ -36,6 +36,8 @@ SIDE_MULTIPLE = 8
 
 #: Whitespace a person may type; every other control character is refused.
 _ALLOWED_CONTROLS = frozenset("\t\n\r\x0b\x0c\x85")
+#: Letters that show as blank space (Hangul fillers), dropped like format characters.
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
 
 # ``warnings.catch_warnings`` swaps process-wide state; serialise the (header-only) opens.
 _OPEN_LOCK = threading.Lock()
@@ -100,8 +102,18 @@ def target_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
     return side(width), side(height)
 
 
+def normalise_instruction(text: str) -> str:
+    """What an instruction says, the way every check reads it: NFKC-normalised (full-width and
+    styled letters become plain ones), invisible characters dropped (zero-width spaces and
+    joiners, soft hyphens, direction marks: Unicode's format characters, and Hangul fillers),
+    and runs of whitespace collapsed to one space."""
+    text = unicodedata.normalize("NFKC", text)
+    visible = "".join(c for c in text if unicodedata.category(c) != "Cf" and c not in _INVISIBLE_LETTERS)
+    return " ".join(visible.split())
+
+
 def check_instruction(text: str, limits: LimitsConfig) -> str:
-    """The instruction on one line with runs of whitespace collapsed, or :class:`InvalidInput`."""
+    """The normalised instruction (:func:`normalise_instruction`), or :class:`InvalidInput`."""
     if not isinstance(text, str):
         raise InvalidInput("Please write the edit you want as text, e.g. “make it snowy”.")
     for character in text:
@@ -110,7 +122,7 @@ def check_instruction(text: str, limits: LimitsConfig) -> str:
                 f"The instruction contains an invisible or invalid character (U+{ord(character):04X}). "
                 "Please retype it as plain text."
             )
-    instruction = " ".join(text.split())
+    instruction = normalise_instruction(text)
     if not instruction:
         raise InvalidInput("The instruction is empty. Please describe the edit, e.g. “make it snowy”.")
     if len(instruction) > limits.max_instruction_chars:
