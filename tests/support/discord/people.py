@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from tests.support.discord.gateway import Gateway
@@ -30,8 +31,13 @@ class People:
         reply_to: dict[str, Any] | None = None,
         mention_bot: bool = False,
         reply_ping: bool = True,
+        download_faults: tuple[str, ...] = (),
     ) -> dict[str, Any]:
-        """A user posts a message: stored, then sent to the bot as MESSAGE_CREATE."""
+        """A user posts a message: stored, then sent to the bot as MESSAGE_CREATE.
+
+        ``download_faults`` is what the bot's downloads of its attachments run into, in order:
+        "hang", "reset", or "refuse" (every download: the link points at a closed port).
+        """
         state = self.state
         user = state.users[author]
         mentions = []
@@ -45,6 +51,11 @@ class People:
         ):
             mentions.append(reply_to["author"])
         attachments = [state.add_attachment(name, data) for name, data in files or []]
+        for attachment in attachments:
+            if "refuse" in download_faults:
+                closed = f"http://127.0.0.1:{_closed_port()}/attachments/{attachment['id']}/x.png"
+                attachment["url"] = attachment["proxy_url"] = closed
+            state.download_faults[attachment["id"]] = [f for f in download_faults if f != "refuse"]
         message = state.message_payload(
             channel_id=channel_id,
             author=user,
@@ -219,3 +230,10 @@ class People:
             payload["message"] = message
         state.interactions[payload["token"]] = Interaction(payload, channel_id)
         return payload
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound a moment ago, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
