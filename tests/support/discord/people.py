@@ -178,13 +178,20 @@ class People:
         await self.gateway.dispatch("INTERACTION_CREATE", payload)
         return payload
 
-    async def click(self, user: str, message: dict[str, Any], custom_id: str) -> dict[str, Any]:
-        """Click the button ``custom_id`` on a bot message (the current stored version of it)."""
+    async def click(
+        self, user: str, message: dict[str, Any], custom_id: str, *, forged_in: str | None = None
+    ) -> dict[str, Any]:
+        """Click the button ``custom_id`` on a bot message (the current stored version of it).
+
+        ``forged_in`` sends the click as if made in that channel: an event real Discord would
+        not deliver, as a hostile client or a bug elsewhere might.
+        """
         current = self.state.messages.get(message["id"], message)
         ids = [c.get("custom_id") for row in current.get("components", []) for c in row.get("components", [])]
         assert custom_id in ids, f"no button {custom_id!r} on message {message['id']}; buttons: {ids}"
         data = {"custom_id": custom_id, "component_type": 2}
-        payload = self._interaction(MESSAGE_COMPONENT, user, current["channel_id"], data, message=current)
+        channel_id = forged_in or current["channel_id"]
+        payload = self._interaction(MESSAGE_COMPONENT, user, channel_id, data, message=current)
         await self.gateway.dispatch("INTERACTION_CREATE", payload)
         return payload
 
