@@ -105,11 +105,25 @@ def target_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
 def normalise_instruction(text: str) -> str:
     """What an instruction says, the way every check reads it: NFKC-normalised (full-width and
     styled letters become plain ones), invisible characters dropped (zero-width spaces and
-    joiners, soft hyphens, direction marks: Unicode's format characters, and Hangul fillers),
-    and runs of whitespace collapsed to one space."""
+    joiners outside emoji, soft hyphens, direction marks: Unicode's format characters, and
+    Hangul fillers), and runs of whitespace collapsed to one space."""
     text = unicodedata.normalize("NFKC", text)
-    visible = "".join(c for c in text if unicodedata.category(c) != "Cf" and c not in _INVISIBLE_LETTERS)
+    visible = "".join(
+        c
+        for i, c in enumerate(text)
+        if c not in _INVISIBLE_LETTERS and (unicodedata.category(c) != "Cf" or _joins_emoji(text, i))
+    )
     return " ".join(visible.split())
+
+
+def _joins_emoji(text: str, index: int) -> bool:
+    """A zero-width joiner inside an emoji sequence (🐕‍🦺): part of the picture, not a disguise."""
+    if text[index] != "\u200d" or not 0 < index < len(text) - 1:
+        return False
+    before, after = text[index - 1], text[index + 1]
+    return (unicodedata.category(before) == "So" or before == "\ufe0f") and unicodedata.category(
+        after
+    ) == "So"
 
 
 def check_instruction(text: str, limits: LimitsConfig) -> str:

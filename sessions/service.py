@@ -139,6 +139,8 @@ class EditService(PlaceChoices, TreeQueries):
         try:
             self._worker.check_admission(author.id)
         except WorkerRejected as error:
+            self._jobs.metrics.ended("rejected")
+            log.info("edit request of %s refused: %s", author.id, type(error).__name__)
             raise Rejected(str(error)) from error
 
     # --- life cycle ---------------------------------------------------------------------
