@@ -24,20 +24,20 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from PIL import Image
 
 from editor.config import LimitsConfig
 from editor.images import check_instruction
-from editor.overrides import tidy_captions
 from editor.types import EditRequest, EditSettings, InvalidInput
 from editor.worker import EditWorker, WorkerRejected
+from sessions.derived import STRENGTH_STEP, DerivedEdits, Edit
 from sessions.errors import NotAllowed, NotFound, Rejected, UserError
 from sessions.jobs import JobRunner, Ticket
 from sessions.metrics import EditMetrics
-from sessions.models import Author, CaptionsBy, JobKind, Place, VariationSet, Version
+from sessions.models import Author, JobKind, Place, VariationSet, Version
 from sessions.outbox import Outbox
 from sessions.places import PlaceChoices
 from sessions.queries import TreeQueries
@@ -46,20 +46,6 @@ from sessions.variations import draw_grid
 from sessions.writer import Writer
 
 log = logging.getLogger(__name__)
-
-#: stronger / subtler multiply the edit's strength by this factor (or divide by it).
-STRENGTH_STEP = 1.5
-
-
-@dataclass(frozen=True)
-class _Edit:
-    """The parts of an edit that retry, stronger and subtler keep or change."""
-
-    instruction: str
-    settings: EditSettings
-    seed: int
-    captions: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-    captions_by: CaptionsBy = "model"
 
 
 class CheckedInput(Protocol):
@@ -96,7 +82,7 @@ def _new_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-class EditService(PlaceChoices, TreeQueries):
+class EditService(PlaceChoices, TreeQueries, DerivedEdits):
     """Conversations as edit trees over one store, one edit worker and the editor it runs.
 
     ``editor.check_inputs(request)`` validates a request the way the engine will, so bad input
@@ -219,7 +205,7 @@ class EditService(PlaceChoices, TreeQueries):
         """Edit a version with a new instruction, using its conversation's current settings."""
         source = self.get_version(version_id, place=place)
         settings = self.channel_settings(self._store.conversation_place(source.conversation_id))
-        edit = _Edit(instruction, settings, _new_seed())
+        edit = Edit(instruction, settings, _new_seed())
         return await self._request("continue", source, author, edit, reply_context, job_id=job_id)
 
     async def retry(
@@ -390,55 +376,12 @@ class EditService(PlaceChoices, TreeQueries):
         with Image.open(io.BytesIO(request.image)) as header:
             return checked, header.size
 
-    def _edit_of(self, version_id: str, action: str, place: Place) -> tuple[_Edit, Version]:
-        """How a version was made from its parent, and that parent; the original has no edit."""
-        version = self.get_version(version_id, place=place)
-        if (
-            version.parent_id is None
-            or version.instruction is None
-            or version.settings is None
-            or version.seed is None
-        ):
-            raise UserError(
-                f"This is the original image, so there is no edit to {action}. "
-                "Reply with an instruction to edit it."
-            )
-        captions = (version.before_captions, version.after_captions)
-        edit = _Edit(
-            version.instruction,
-            version.settings,
-            version.seed,
-            captions if all(captions) else None,
-            version.captions_by,
-        )
-        return edit, self._version(version.parent_id)
-
-    def _fixed(
-        self, version_id: str, before: Sequence[str], after: Sequence[str], place: Place
-    ) -> tuple[_Edit, Version]:
-        edit, parent = self._edit_of(version_id, "fix", place)
-        captions = tidy_captions(before, after)
-        try:
-            self._editor.check_captions(captions)
-        except InvalidInput as error:
-            raise Rejected(str(error)) from error
-        return replace(edit, captions=captions, captions_by="person"), parent
-
-    def _rescaled(self, version_id: str, factor: float, kind: JobKind, place: Place) -> tuple[_Edit, Version]:
-        """The same instruction, seed and captions with the direction scaled."""
-        edit, parent = self._edit_of(version_id, "make " + kind, place)
-        settings = edit.settings.scaled(factor)
-        if settings == edit.settings:
-            limit = "strong" if factor > 1 else "subtle"
-            raise Rejected(f"This edit is already as {limit} as the settings allow.")
-        return replace(edit, settings=settings), parent
-
     async def _request(
         self,
         kind: JobKind,
         source: Version,
         author: Author,
-        edit: _Edit,
+        edit: Edit,
         reply_context: dict[str, Any] | None,
         *,
         job_id: str | None,
