@@ -33,7 +33,7 @@ class WorkerRejected(Exception):
 
 
 class QueueFull(WorkerRejected):
-    """Too many jobs are waiting in total."""
+    """Too many people are waiting, or the queue is too busy for another job of this person."""
 
 
 class UserLimitReached(WorkerRejected):

@@ -36,6 +36,8 @@ SIDE_MULTIPLE = 8
 
 #: Whitespace a person may type; every other control character is refused.
 _ALLOWED_CONTROLS = frozenset("\t\n\r\x0b\x0c\x85")
+#: Letters that show as blank space (Hangul fillers), dropped like format characters.
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
 
 # ``warnings.catch_warnings`` swaps process-wide state; serialise the (header-only) opens.
 _OPEN_LOCK = threading.Lock()
@@ -100,8 +102,32 @@ def target_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
     return side(width), side(height)
 
 
+def normalise_instruction(text: str) -> str:
+    """What an instruction says, the way every check reads it: NFKC-normalised (full-width and
+    styled letters become plain ones), invisible characters dropped (zero-width spaces and
+    joiners outside emoji, soft hyphens, direction marks: Unicode's format characters, and
+    Hangul fillers), and runs of whitespace collapsed to one space."""
+    text = unicodedata.normalize("NFKC", text)
+    visible = "".join(
+        c
+        for i, c in enumerate(text)
+        if c not in _INVISIBLE_LETTERS and (unicodedata.category(c) != "Cf" or _joins_emoji(text, i))
+    )
+    return " ".join(visible.split())
+
+
+def _joins_emoji(text: str, index: int) -> bool:
+    """A zero-width joiner inside an emoji sequence (🐕‍🦺): part of the picture, not a disguise."""
+    if text[index] != "\u200d" or not 0 < index < len(text) - 1:
+        return False
+    before, after = text[index - 1], text[index + 1]
+    return (unicodedata.category(before) == "So" or before == "\ufe0f") and unicodedata.category(
+        after
+    ) == "So"
+
+
 def check_instruction(text: str, limits: LimitsConfig) -> str:
-    """The instruction on one line with runs of whitespace collapsed, or :class:`InvalidInput`."""
+    """The normalised instruction (:func:`normalise_instruction`), or :class:`InvalidInput`."""
     if not isinstance(text, str):
         raise InvalidInput("Please write the edit you want as text, e.g. “make it snowy”.")
     for character in text:
@@ -110,7 +136,7 @@ def check_instruction(text: str, limits: LimitsConfig) -> str:
                 f"The instruction contains an invisible or invalid character (U+{ord(character):04X}). "
                 "Please retype it as plain text."
             )
-    instruction = " ".join(text.split())
+    instruction = normalise_instruction(text)
     if not instruction:
         raise InvalidInput("The instruction is empty. Please describe the edit, e.g. “make it snowy”.")
     if len(instruction) > limits.max_instruction_chars:

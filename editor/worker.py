@@ -11,7 +11,7 @@ Fairness: each job gets a round number. A requester's first waiting job joins th
 current round; each further job of theirs goes one round later; a requester whose
 job has just started waits for the next round. Jobs run in (round, submission) order,
 so one person's backlog of five delays someone else's single edit by one of those five
-at most.
+at most. Who may queue at all is :mod:`editor.admission`'s rule (fair shares of the queue).
 
 A replica lost mid-job (:class:`ReplicaLost`: its process died or stopped answering) fails only
 that attempt: the job goes back to the head of the queue and runs on the next free replica; after
@@ -25,15 +25,15 @@ import bisect
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from editor.admission import Load, refusal
 from editor.failures import (
     REPLICA_LOST_MESSAGE,
     EditFailed,
-    QueueFull,
     ReplicaLost,
-    UserLimitReached,
     WorkerStopped,
     WorkerStopping,
     explain,
@@ -54,7 +54,7 @@ _READY_POLL_S = 0.5
 class WorkerConfig:
     """Section ``worker`` of config.yaml."""
 
-    #: Jobs waiting (not counting the running ones) before new ones are refused.
+    #: People waiting (not counting running jobs) before a newcomer is refused; see editor.admission.
     max_queue: int = 50
     #: Jobs one requester may have waiting or running at once.
     per_user_cap: int = 3
@@ -135,6 +135,8 @@ class EditWorker:
         self._threads: list[threading.Thread] = []
         self._delivery: LoopDelivery | None = None
         self._interrupted: list[_Job] = []
+        #: How long an edit takes lately (a moving average), for refusals that say when to retry.
+        self._run_s: float | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -192,22 +194,10 @@ class EditWorker:
         with self._lock:
             if self._delivery is None or asyncio.get_running_loop() is not self._delivery.loop:
                 raise RuntimeError("submit() must be called on the event loop that started the worker")
-            if not self._accepting:
-                raise WorkerStopping("The editor is restarting; please try again in a minute.")
             if job_id in self._jobs:
                 raise ValueError(f"job {job_id!r} is already waiting or running")
+            self._admit_locked(requester)
             waiting = self._waiting_by_requester.get(requester, 0)
-            mine = waiting + sum(job.requester == requester for job in self._running.values())
-            if mine >= self._config.per_user_cap:
-                raise UserLimitReached(
-                    f"You already have {mine} edit{'s' if mine != 1 else ''} waiting or running; "
-                    "please wait for one to finish or cancel one."
-                )
-            if len(self._order) >= self._config.max_queue:
-                raise QueueFull(
-                    f"The bot is very busy right now ({self._config.max_queue} edits are waiting); "
-                    "please try again in a few minutes."
-                )
             seq = next(self._seq)
             run_round = self._first_round(requester) + waiting
             index = bisect.bisect_right(self._order, (run_round, seq), key=_run_key)
@@ -227,6 +217,30 @@ class EditWorker:
             self._post_many(self._repositioned_locked(start=index + 1))
             self._work_ready.notify()
             return handle
+
+    def check_admission(self, requester: str) -> None:
+        """Raise the :class:`WorkerRejected` that :meth:`submit` would raise now, if any: lets a
+        caller refuse before it downloads or decodes anything."""
+        with self._lock:
+            self._admit_locked(requester)
+
+    def _admit_locked(self, requester: str) -> None:
+        if not self._accepting:
+            raise WorkerStopping("The editor is restarting; please try again in a minute.")
+        mine_waiting = self._waiting_by_requester.get(requester, 0)
+        places = (place for place, job in enumerate(self._order, 1) if job.requester == requester)
+        load = Load(
+            waiting=len(self._order),
+            waiting_people=len(self._waiting_by_requester),
+            mine_waiting=mine_waiting,
+            mine_running=sum(job.requester == requester for job in self._running.values()),
+            my_first_place=next(places, None) if mine_waiting else None,
+            # Replicas run side by side: a turn of the queue takes a share of an edit's time.
+            run_s=None if self._run_s is None else self._run_s / len(self._replicas),
+        )
+        refused = refusal(load, self._config.max_queue, self._config.per_user_cap)
+        if refused is not None:
+            raise refused
 
     def cancel(self, job_id: str) -> bool:
         """Cancel one job: a waiting one is dropped at once, a running one stops within a step.
@@ -348,6 +362,7 @@ class EditWorker:
         timer.daemon = True
         timer.start()
         ended: tuple[ProgressState, Outcome] | None
+        started = time.monotonic()
         try:
             result: WorkResult
             if isinstance(job.request, tuple):
@@ -363,6 +378,9 @@ class EditWorker:
             timer.cancel()
         with self._lock:
             del self._running[job.job_id]
+            if ended is not None and ended[0] == "done":
+                took = time.monotonic() - started
+                self._run_s = took if self._run_s is None else 0.7 * self._run_s + 0.3 * took
             if ended is None:
                 self._retry_locked(job)
                 return

@@ -24,6 +24,7 @@ from sessions import (
     EditCancelled,
     EditService,
     Place,
+    Postponed,
     Progress,
     Ticket,
     UserError,
@@ -185,15 +186,15 @@ class ConsoleChat(SteeringCommands):
             self._loaded = None
             self._say(f"Editing {path.name}: “{instruction}”")
             await self._follow(
-                self._service.start_edit(
+                await self._service.start_edit(
                     self._place, self._author, image, instruction, reply_context=self._reply_context()
                 )
             )
             return True
         current = self._require_current()
         await self._follow(
-            self._service.continue_edit(
-                current.id, self._author, instruction, reply_context=self._reply_context()
+            await self._service.continue_edit(
+                current.id, self._author, instruction, place=self._place, reply_context=self._reply_context()
             )
         )
         return True
@@ -218,25 +219,33 @@ class ConsoleChat(SteeringCommands):
         return True
 
     async def _undo(self, _: str) -> bool:
-        self._show(self._service.undo(self._require_current().id), "Back to")
+        self._show(self._service.undo(self._require_current().id, place=self._place), "Back to")
         return True
 
     async def _retry(self, _: str) -> bool:
         current = self._require_current()
-        await self._follow(self._service.retry(current.id, self._author, reply_context=self._reply_context()))
+        await self._follow(
+            await self._service.retry(
+                current.id, self._author, place=self._place, reply_context=self._reply_context()
+            )
+        )
         return True
 
     async def _stronger(self, _: str) -> bool:
         current = self._require_current()
         await self._follow(
-            self._service.stronger(current.id, self._author, reply_context=self._reply_context())
+            await self._service.stronger(
+                current.id, self._author, place=self._place, reply_context=self._reply_context()
+            )
         )
         return True
 
     async def _subtler(self, _: str) -> bool:
         current = self._require_current()
         await self._follow(
-            self._service.subtler(current.id, self._author, reply_context=self._reply_context())
+            await self._service.subtler(
+                current.id, self._author, place=self._place, reply_context=self._reply_context()
+            )
         )
         return True
 
@@ -254,11 +263,11 @@ class ConsoleChat(SteeringCommands):
 
     async def _history(self, _: str) -> bool:
         current = self._require_current()
-        sheet = self._service.contact_sheet(current.id)
+        sheet = await self._service.contact_sheet(current.id, place=self._place)
         path = self._outputs / f"history-{current.id}.png"
         self._outputs.mkdir(parents=True, exist_ok=True)
         path.write_bytes(sheet)
-        steps = len(self._service.history(current.id))
+        steps = len(self._service.history(current.id, place=self._place))
         self._say(f"Contact sheet of {steps} step{'s' if steps != 1 else ''}: {path}")
         return True
 
@@ -283,7 +292,7 @@ class ConsoleChat(SteeringCommands):
         if not argument:
             self._say("Please give a version id, e.g. /goto 7hk2mq9x3a (see /versions).")
             return True
-        self._show(self._service.get_version(argument.split(maxsplit=1)[0]), "Now at")
+        self._show(self._service.get_version(argument.split(maxsplit=1)[0], place=self._place), "Now at")
         return True
 
     async def _help(self, _: str) -> bool:
@@ -297,7 +306,7 @@ class ConsoleChat(SteeringCommands):
     # --- helpers ----------------------------------------------------------------------
 
     async def _follow(self, ticket: Ticket[Any]) -> None:
-        """Print progress until the job ends, then its outcome."""
+        """Print progress until the job ends, then its outcome (then the job is delivered)."""
         self._say(f"Job {ticket.job_id} queued.")
         last: tuple[str | None, int] | None = None
         preview: bytes | None = None
@@ -311,15 +320,19 @@ class ConsoleChat(SteeringCommands):
                 self._say(f"  preview: {self._write_preview(ticket.job_id, preview)}")
         try:
             made = await ticket.result()
+        except Postponed as error:
+            self._say(f"Sorry: {error}")
+            return  # still queued: the next start reports it
         except EditCancelled:
             self._say("The edit was cancelled.")
         except UserError as error:
             self._say(f"Sorry: {error}")
         else:
             if isinstance(made, VariationSet):
-                self._show_variations(made)
+                await self._show_variations(made)
             else:
                 self._show(made, "Done:")
+        await self._service.outbox.mark_delivered(ticket.job_id)
 
     def _show(self, version: Version, verb: str) -> None:
         """Make a version current, write its image and print where it is."""
@@ -327,7 +340,7 @@ class ConsoleChat(SteeringCommands):
         path = self._outputs / f"{version.id}.png"
         if not path.exists():
             self._outputs.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(self._service.image_png(version.id))
+            path.write_bytes(self._service.image_png(version.id, place=self._place))
         self._say(f"{verb} version {version.id} ({_describe(version)}): {path}")
 
     def _current(self) -> Version | None:
@@ -335,7 +348,7 @@ class ConsoleChat(SteeringCommands):
         if version_id is None:
             return None
         try:
-            return self._service.get_version(version_id)
+            return self._service.get_version(version_id, place=self._place)
         except UserError:
             return None
 

@@ -72,11 +72,12 @@ class SteeringCommands:
         after = None if before is None else await self._ask("After: ")
         if before is None or after is None:
             return False  # the input ended
-        ticket = self._service.fix_captions(
+        ticket = await self._service.fix_captions(
             current.id,
             self._author,
             before.split("|") if before.strip() else list(current.before_captions),
             after.split("|") if after.strip() else list(current.after_captions),
+            place=self._place,
             reply_context=self._reply_context(),
         )
         await self._follow(ticket)
@@ -84,23 +85,25 @@ class SteeringCommands:
 
     async def _delete(self: _Chat, _: str) -> bool:
         current = self._require_current()
-        self._service.delete_version(current.id, self._author)
-        self._show(self._service.undo(current.id), f"Deleted {current.id}; back to")
+        self._service.delete_version(current.id, self._author, place=self._place)
+        self._show(self._service.undo(current.id, place=self._place), f"Deleted {current.id}; back to")
         return True
 
     async def _variations(self: _Chat, _: str) -> bool:
         current = self._require_current()
         await self._follow(
-            self._service.variations(current.id, self._author, reply_context=self._reply_context())
+            await self._service.variations(
+                current.id, self._author, place=self._place, reply_context=self._reply_context()
+            )
         )
         return True
 
-    def _show_variations(self: _Chat, made: VariationSet) -> None:
+    async def _show_variations(self: _Chat, made: VariationSet) -> None:
         """Write the grid, list what each alternative is, remember the job for /pick."""
         self._variations_job = made.job_id
         path = self._outputs / f"variations-{made.job_id}.png"
         self._outputs.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self._service.variation_grid(made.job_id))
+        path.write_bytes(await self._service.variation_grid(made.job_id, place=self._place))
         self._say(f"Variations of “{made.instruction}”: {path}")
         for variation in made.variations:
             after = variation.after_captions[0] if variation.after_captions else ""
@@ -114,7 +117,9 @@ class SteeringCommands:
         if not argument.strip().isdigit():
             self._say("Please say which one, e.g. /pick 2.")
             return True
-        version = self._service.pick_variation(self._variations_job, int(argument), self._author)
+        version = await self._service.pick_variation(
+            self._variations_job, int(argument), self._author, place=self._place
+        )
         self._show(version, "Picked")
         return True
 

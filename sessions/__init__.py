@@ -5,6 +5,7 @@ and the engine's vocabulary they need to show (progress, settings, limits) are r
 """
 
 from editor.config import ConfigError, LimitsConfig, find_config
+from editor.images import normalise_instruction
 from editor.progress import Progress
 from editor.types import STAGES, EditCancelled, EditSettings, InvalidInput
 from sessions.compose import App, compose
@@ -18,6 +19,7 @@ from sessions.models import (
     Job,
     JobKind,
     Place,
+    Upload,
     Variation,
     VariationSet,
     Version,
@@ -57,6 +59,7 @@ __all__ = [
     "StorageConfig",
     "StorageUnavailable",
     "Ticket",
+    "Upload",
     "UserError",
     "Variation",
     "VariationSet",
@@ -64,4 +67,5 @@ __all__ = [
     "compose",
     "find_config",
     "load_config",
+    "normalise_instruction",
 ]

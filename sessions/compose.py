@@ -18,6 +18,7 @@ from editor.worker import EditWorker
 from sessions.config import AppConfig
 from sessions.service import EditService, ServiceEditor
 from sessions.store import Store
+from sessions.writer import Writer
 
 if TYPE_CHECKING:
     from editor.ray_replicas import RayReplicas
@@ -37,12 +38,15 @@ class App:
     editor: ServiceEditor
     worker: EditWorker
     service: EditService
+    #: Every write to the store, on its own thread and connection (see sessions.writer).
+    writer: Writer
     #: The Ray replicas compose started (ray backend), closed with the app.
     replicas: RayReplicas | None = None
 
     def close(self) -> None:
         if self.replicas is not None:
             self.replicas.close()
+        self.writer.close()
         self.store.close()
 
 
@@ -84,10 +88,11 @@ def compose(
 
                 editor = Editor.load(config.engine, config.edit)
             runs = front = editor
+        writer = Writer(lambda: open_store(config))
     except BaseException:
         if pool is not None:
             pool.close()
         store.close()
         raise
     worker = EditWorker(runs, config.worker)
-    return App(config, store, front, worker, EditService(store, worker, front), pool)
+    return App(config, store, front, worker, EditService(store, writer, worker, front), writer, pool)

@@ -86,8 +86,11 @@ class DiscordConfig:
     command_guilds: tuple[str, ...] = ()
     #: Open a thread for every new conversation started in a server channel.
     open_threads: bool = False
-    #: Least seconds between two edits of a status message (Discord rate-limits edits).
-    progress_interval_s: float = 1.5
+    #: Least seconds between two edits of one status message; besides, all statuses of a channel
+    #: share Discord's budget of about 5 edits per 5 s (handlers/discord/status.py).
+    progress_interval_s: float = 3.0
+    #: A download of an attachment taking longer than this is given up (and the sender told).
+    download_timeout_s: float = 30.0
     #: Words (whole, case-insensitive) that make an instruction refused.
     blocked_words: tuple[str, ...] = ()
     #: Regular expressions (case-insensitive) that make an instruction refused.
@@ -102,6 +105,8 @@ class DiscordConfig:
     def __post_init__(self) -> None:
         if self.progress_interval_s < 0:
             raise ValueError(f"progress_interval_s must be 0 or more, got {self.progress_interval_s}")
+        if not self.download_timeout_s > 0:
+            raise ValueError(f"download_timeout_s must be positive, got {self.download_timeout_s}")
         if not 1 <= self.history_limit <= 50:
             raise ValueError(f"history_limit must be between 1 and 50, got {self.history_limit}")
         for channel_id in (*self.edit_channels, *self.command_guilds):

@@ -7,7 +7,7 @@ images (Discord allows ten attachments a message).
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -20,17 +20,25 @@ PADDING = 12
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
-def draw_lineage(lineage: Sequence[Version], image_png: Callable[[str], bytes], limit: int) -> bytes:
-    """The sheet of a lineage (original first): the original and its latest ``limit - 1`` steps."""
+def shown_steps(lineage: Sequence[Version], limit: int) -> list[tuple[int, Version]]:
+    """The numbered steps a sheet shows: the original and the latest ``limit - 1``."""
     numbered = list(enumerate(lineage, start=1))
     if len(numbered) > limit:
         numbered = numbered[:1] + numbered[-(limit - 1) :]
+    return numbered
+
+
+def draw_lineage(lineage: Sequence[Version], pngs: Mapping[str, bytes], limit: int) -> bytes:
+    """The sheet of a lineage (original first), given the PNG of each shown step by version id.
+
+    Drawing takes seconds for a long lineage: callers on an event loop run it on a thread
+    (the images are read before, on the caller's connection).
+    """
+    numbered = shown_steps(lineage, limit)
     title = f"{len(lineage)} step{'s' if len(lineage) != 1 else ''} to version {lineage[-1].id}"
     if len(numbered) < len(lineage):
         title += f" (steps 2-{numbered[1][0] - 1} not shown)"
-    return draw_contact_sheet(
-        title, [(number, version, image_png(version.id)) for number, version in numbered]
-    )
+    return draw_contact_sheet(title, [(number, version, pngs[version.id]) for number, version in numbered])
 
 
 def draw_contact_sheet(

@@ -22,16 +22,23 @@ class InversionCache:
 
     def get(self, version_id: str, key: str) -> bytes | None:
         """A cached inversion of a version's image, marked as just used."""
+        data = self.peek(version_id, key)
+        if data is not None:
+            self.touch(version_id, key)
+        return data
+
+    def peek(self, version_id: str, key: str) -> bytes | None:
+        """A cached inversion without marking it used (a read: :meth:`touch` is the write)."""
         row = self.db.execute(
             "SELECT data FROM inversions WHERE version_id = ? AND key = ?", [version_id, key]
         ).fetchone()
-        if row is None:
-            return None
+        return None if row is None else bytes(row[0])
+
+    def touch(self, version_id: str, key: str) -> None:
         self.db.execute(
             "UPDATE inversions SET last_used = ? WHERE version_id = ? AND key = ?",
             [time.time(), version_id, key],
         )
-        return bytes(row[0])
 
     def drop(self, version_id: str, key: str) -> None:
         """Forget an unreadable entry."""

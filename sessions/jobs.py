@@ -20,6 +20,11 @@ request, queues it on the worker and records how it ended. Decisions worth knowi
   ``MAX_RUNS`` attempts (a crash each time), then they are marked interrupted.
 * **Watching.** One log line per request and per outcome (ids, never content) and the
   Prometheus metrics (:mod:`sessions.metrics`) are fed here, where every outcome passes.
+* **The outbox.** A job that ended is not yet told: its transport marks it delivered once the
+  result is posted and the status finished. On start, every ended job not delivered comes back
+  as a ticket that is already resolved, so its transport delivers it (at least once).
+* **Writes** of a job's life (and its images) go through :class:`sessions.writer.Writer`, off
+  the event loop; reads use the loop's own connection.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from sessions.provenance import png_with_text, provenance
 from sessions.store import EditOutcome, Store
 from sessions.variation_store import MadeVariation
 from sessions.variations import variation_requests
+from sessions.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +105,15 @@ class JobRunner:
     def __init__(
         self,
         store: Store,
+        writer: Writer,
         worker: EditWorker,
         inversion_key: Callable[[EditSettings], str],
+        *,
         models: Mapping[str, str],
         limits: LimitsConfig,
     ) -> None:
         self._store = store
+        self._writer = writer
         self._models = dict(models)
         self._limits = limits
         self._worker = worker
@@ -115,13 +124,13 @@ class JobRunner:
         self._last_in_line: dict[str, asyncio.Future[None]] = {}
         self.metrics = EditMetrics(worker, store)
 
-    def submit(self, job: Job) -> Ticket[Any]:
+    async def submit(self, job: Job) -> Ticket[Any]:
         """Queue a job just added to the store; one the worker refuses is forgotten (Rejected)."""
         request = self._build_request(job.id)
         try:
             handle = self._worker.submit(job.id, job.requester_id, request)
         except WorkerRejected as error:
-            self._store.discard_job(job.id)
+            await self._writer.run(lambda store: store.discard_job(job.id))
             self.metrics.ended("rejected")
             log.info("edit request of %s refused: %s", job.requester_id, type(error).__name__)
             raise Rejected(str(error)) from error
@@ -134,9 +143,11 @@ class JobRunner:
         )
         return self._follow(job, handle, request)
 
-    def recover(self) -> list[Ticket[Any]]:
-        """Take up the jobs a crash or a stop left unfinished, one ticket each."""
-        return [self._recover_or_fail(job) for job in self._store.unfinished_jobs()]
+    async def recover(self) -> list[Ticket[Any]]:
+        """Tickets for the jobs a crash or a stop left undelivered: ended ones first (already
+        resolved), then the unfinished ones, queued again."""
+        tickets = [self._ended(job) for job in self._store.undelivered_jobs()]
+        return tickets + [await self._recover_or_fail(job) for job in self._store.unfinished_jobs()]
 
     def following(self, job_id: str) -> bool:
         """Whether the job is in the worker or its result is being saved."""
@@ -158,33 +169,48 @@ class JobRunner:
 
     # --- recovery --------------------------------------------------------------------------
 
-    def _recover_or_fail(self, job: Job) -> Ticket[Any]:
+    def _ended(self, job: Job) -> Ticket[Any]:
+        """A resolved ticket for a job that ended before its requester was told how."""
+        log.info("edit %s ended before it was delivered; delivering it now", job.id)
+        outcome: asyncio.Future[Any] = _outcome_future()
+        if job.state == "done" and job.kind == "variations":
+            outcome.set_result(self._store.variations.get(job.id))
+        elif job.state == "done" and job.result_version_id is not None:
+            outcome.set_result(self._store.get_version(job.result_version_id))
+        elif job.state == "cancelled":
+            outcome.set_exception(EditCancelled("The edit was cancelled."))
+        else:
+            outcome.set_exception(JobFailed(job.error or UNEXPECTED_MESSAGE))
+        return Ticket(job, None, outcome)
+
+    async def _recover_or_fail(self, job: Job) -> Ticket[Any]:
         """One unreadable leftover job (say, settings an older version wrote) must not stop the bot."""
         try:
-            return self._recover(job)
+            return await self._recover(job)
         except Exception:
             log.exception("job %s could not be taken up again after a restart", job.id)
-            ended = self._store.finish_job(job.id, "failed", UNEXPECTED_MESSAGE)
-            return _ended_ticket(ended, JobFailed(UNEXPECTED_MESSAGE))
+            return await self._end(job, "failed", UNEXPECTED_MESSAGE)
 
-    def _recover(self, job: Job) -> Ticket[Any]:
+    async def _recover(self, job: Job) -> Ticket[Any]:
         """Queue a job left over by a crash or stop again, or end it if it keeps crashing."""
         if job.state == "running" and job.attempts >= MAX_RUNS:
             log.warning("job %s was interrupted %d times; giving up", job.id, job.attempts)
             self.metrics.ended("interrupted")
-            ended = self._store.finish_job(job.id, "interrupted", INTERRUPTED_MESSAGE)
-            return _ended_ticket(ended, JobFailed(INTERRUPTED_MESSAGE))
-        self._store.requeue(job.id, refund_attempt=False)
+            return await self._end(job, "interrupted", INTERRUPTED_MESSAGE)
+        await self._writer.run(lambda store: store.requeue(job.id, refund_attempt=False))
         request = self._build_request(job.id)
         try:
             handle = self._worker.submit(job.id, job.requester_id, request)
         except WorkerRejected as error:
-            ended = self._store.finish_job(job.id, "failed", str(error))
-            return _ended_ticket(ended, JobFailed(str(error)))
+            return await self._end(job, "failed", str(error))
         log.info("job %s taken up again after a restart", job.id)
         requeued = self._store.get_job(job.id)
         assert requeued is not None  # it was read from the store a moment ago
         return self._follow(requeued, handle, request)
+
+    async def _end(self, job: Job, state: str, message: str) -> Ticket[Any]:
+        ended = await self._writer.run(lambda store: store.finish_job(job.id, state, message))
+        return _ended_ticket(ended, JobFailed(message))
 
     # --- running and recording -------------------------------------------------------------
 
@@ -196,13 +222,15 @@ class JobRunner:
         source_id = spec.base_version_id
         if source_id is not None:
             key = self._inversion_key(spec.settings)
-            data = self._store.inversions.get(source_id, key)
+            data = self._store.inversions.peek(source_id, key)
             if data is not None:
                 try:
                     inversion = Inversion.from_bytes(data)
                 except ValueError:
                     log.warning("dropping an unreadable cached inversion of version %s", source_id)
-                    self._store.inversions.drop(source_id, key)
+                    self._writer.post(lambda store: store.inversions.drop(source_id, key))
+                else:
+                    self._writer.post(lambda store: store.inversions.touch(source_id, key))
         request = EditRequest(
             image=spec.image_png,
             instruction=spec.job.instruction,
@@ -262,17 +290,17 @@ class JobRunner:
             )
             outcome.set_result(recorded)
         except WorkerStopped:
-            self._store.requeue(job.id, refund_attempt=True)
+            await self._writer.run(lambda store: store.requeue(job.id, refund_attempt=True))
             self.metrics.ended("postponed")
             log.info("edit %s postponed until the next start", job.id)
             outcome.set_exception(Postponed(POSTPONED_MESSAGE))
         except EditCancelled as error:
-            self._store.finish_job(job.id, "cancelled", "The edit was cancelled.")
+            await self._finish(job.id, "cancelled", "The edit was cancelled.")
             self.metrics.ended("cancelled")
             log.info("edit %s cancelled", job.id)
             outcome.set_exception(EditCancelled(str(error)))
         except EditFailed as error:
-            self._store.finish_job(job.id, "failed", error.user_message)
+            await self._finish(job.id, "failed", error.user_message)
             kind = error_kind(error.__cause__ or error)
             self.metrics.failed(kind)
             log.info("edit %s failed (%s)", job.id, kind)
@@ -281,7 +309,7 @@ class JobRunner:
             log.exception("recording job %s failed", job.id)
             self.metrics.failed("recording")
             with contextlib.suppress(Exception):
-                self._store.finish_job(job.id, "failed", UNEXPECTED_MESSAGE)
+                await self._finish(job.id, "failed", UNEXPECTED_MESSAGE)
             outcome.set_exception(JobFailed(UNEXPECTED_MESSAGE))
         finally:
             done_here.set_result(None)
@@ -294,14 +322,18 @@ class JobRunner:
         if isinstance(result, tuple):
             assert isinstance(request, tuple)
             made, inversion = await asyncio.to_thread(_variations_made, result, request, self._models)
-            return self._store.variations.record(job.id, made, inversion, time.time())
+            now = time.time()
+            return await self._writer.run(lambda store: store.variations.record(job.id, made, inversion, now))
         assert isinstance(request, EditRequest)
         edit = await asyncio.to_thread(_edit_outcome, result, request, self._models)
         if job.kind == "start":
             assert isinstance(request.image, bytes)  # a start job's upload, as stored
             original = await asyncio.to_thread(_original, request.image, self._limits)
             edit = dataclasses.replace(edit, original=original)
-        return self._store.record_result(job.id, edit)
+        return await self._writer.run(lambda store: store.record_result(job.id, edit))
+
+    async def _finish(self, job_id: str, state: str, error: str) -> None:
+        await self._writer.run(lambda store: store.finish_job(job_id, state, error))
 
     async def _mark_when_running(
         self, job_id: str, updates: AsyncIterator[Progress], *, queued_at: float
@@ -309,7 +341,7 @@ class JobRunner:
         """Record the start of the run (and count the attempt) when the worker takes the job."""
         async for update in updates:
             if update.state == "running":
-                self._store.mark_running(job_id)
+                await self._writer.run(lambda store: store.mark_running(job_id))
                 self.metrics.started(time.monotonic() - queued_at)
                 break
 
@@ -326,7 +358,7 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _ended_ticket(job: Job, error: UserError) -> Ticket[Any]:
+def _ended_ticket(job: Job, error: UserError | EditCancelled) -> Ticket[Any]:
     outcome = _outcome_future()
     outcome.set_exception(error)
     return Ticket(job, None, outcome)

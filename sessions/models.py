@@ -49,6 +49,15 @@ class Place:
         """The channel a thread lives in (whose settings the thread inherits); None otherwise."""
         return None if self.thread_id is None else replace(self, thread_id=None)
 
+    def shares_scope(self, other: Place) -> bool:
+        """Whether a request made in ``other`` may use this place's versions: the same server,
+        or for a private chat (no server), the same chat."""
+        return (
+            self.transport == other.transport
+            and self.guild_id == other.guild_id
+            and (self.guild_id is not None or self.channel_id == other.channel_id)
+        )
+
     @property
     def key(self) -> str:
         """One string naming the place, for the places table's primary key."""
@@ -123,10 +132,29 @@ class Job:
     reply_context: dict[str, Any] = field(default_factory=dict, hash=False)
     requester_name: str = ""
     attempts: int = 0
+    #: When its transport posted the outcome and finished its status (None: not yet).
+    delivered_at: float | None = None
 
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A new conversation asked for whose image is still being fetched.
+
+    It is recorded before the download starts, so a crash meanwhile loses nothing: the next
+    start fetches it again from ``source`` (or tells the person why it can't).
+    """
+
+    id: str
+    place: Place
+    requester: Author
+    instruction: str
+    #: Where the transport can fetch the image again (an attachment URL).
+    source: str
+    reply_context: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

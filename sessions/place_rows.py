@@ -32,6 +32,14 @@ class PlaceRows:
             pk=("transport", "message_id"),
         )
 
+    def is_linked(self, transport: str, version_id: str) -> bool:
+        """Whether a message of the transport shows the version (its result was posted)."""
+        found = self.db.execute(
+            "SELECT 1 FROM message_links WHERE transport = ? AND version_id = ? LIMIT 1",
+            [transport, version_id],
+        ).fetchone()
+        return found is not None
+
     def place_settings(self, place: Place) -> dict[str, Any]:
         """The edit-setting overrides of a place (only the settings that differ)."""
         return self._place_json(place, "settings")

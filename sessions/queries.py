@@ -1,18 +1,23 @@
 """What the service answers about the edit tree: versions, their images, lineages, links.
 
 :class:`EditService` inherits these queries; they read the store only. Deleted versions stay
-in the tree (their branches need them) but leave /history and are skipped by undo.
+in the tree (their branches need them) but leave /history and are skipped by undo. Servers are
+walls: a version is only used from a place that shares its scope (:meth:`Place.shares_scope`),
+whatever the transport delivered.
 """
 
 from __future__ import annotations
 
-from sessions.contact_sheet import draw_lineage
-from sessions.errors import NotFound, NothingToUndo
+import asyncio
+
+from sessions.contact_sheet import draw_lineage, shown_steps
+from sessions.errors import NotAllowed, NotFound, NothingToUndo
 from sessions.models import Job, Place, Version
 from sessions.store import Store
 
 #: The longest history drawn on one contact sheet (the original and the latest steps).
 CONTACT_SHEET_LIMIT = 40
+ELSEWHERE = "That result belongs to another server or a private chat, so I can't use it here."
 
 
 class TreeQueries:
@@ -20,11 +25,21 @@ class TreeQueries:
 
     _store: Store
 
-    def get_version(self, version_id: str) -> Version:
+    def get_version(self, version_id: str, *, place: Place) -> Version:
+        """A version, for a request made in ``place`` (NotAllowed from another server or chat)."""
+        version = self._version(version_id)
+        self._within(version.conversation_id, place)
+        return version
+
+    def _version(self, version_id: str) -> Version:
         version = self._store.get_version(version_id)
         if version is None:
             raise NotFound("I can't find that image version; it may be from another bot or was mistyped.")
         return version
+
+    def _within(self, conversation_id: str, place: Place) -> None:
+        if not self._store.conversation_place(conversation_id).shares_scope(place):
+            raise NotAllowed(ELSEWHERE)
 
     def get_job(self, job_id: str) -> Job:
         job = self._store.get_job(job_id)
@@ -32,22 +47,22 @@ class TreeQueries:
             raise NotFound("I can't find that edit; it may be from another bot or was mistyped.")
         return job
 
-    def image_png(self, version_id: str) -> bytes:
-        self.get_version(version_id)
+    def image_png(self, version_id: str, *, place: Place) -> bytes:
+        self.get_version(version_id, place=place)
         data = self._store.image_png(version_id)
         assert data is not None  # the schema keeps every version's image
         return data
 
-    def undo(self, version_id: str) -> Version:
+    def undo(self, version_id: str, *, place: Place) -> Version:
         """The version this one was edited from (past deleted ones), to show again."""
-        version = self.get_version(version_id)
+        version = self.get_version(version_id, place=place)
         if version.parent_id is None:
             raise NothingToUndo("This is the original image; there is nothing to undo.")
         return next(v for v in reversed(self._store.lineage(version.parent_id)) if not v.is_deleted)
 
-    def history(self, version_id: str) -> list[Version]:
+    def history(self, version_id: str, *, place: Place) -> list[Version]:
         """The lineage of a version, its original first and itself last, without deleted steps."""
-        if self.get_version(version_id).is_deleted:
+        if self.get_version(version_id, place=place).is_deleted:
             raise NotFound("That result was deleted, so its history isn't shown.")
         return [version for version in self._store.lineage(version_id) if not version.is_deleted]
 
@@ -59,14 +74,22 @@ class TreeQueries:
         """Every version of a conversation (all branches) in the order they were made."""
         return self._store.conversation_versions(conversation_id)
 
-    def contact_sheet(self, version_id: str) -> bytes:
-        """A PNG of the lineage: thumbnails in order with their instructions and authors."""
-        return draw_lineage(self.history(version_id), self.image_png, CONTACT_SHEET_LIMIT)
+    async def contact_sheet(self, version_id: str, *, place: Place) -> bytes:
+        """A PNG of the lineage: thumbnails in order with their instructions and authors.
+
+        The images are read here; drawing (seconds for a long lineage) runs on a thread.
+        """
+        lineage = self.history(version_id, place=place)
+        pngs = {
+            version.id: self._store.image_png(version.id) or b""
+            for _, version in shown_steps(lineage, CONTACT_SHEET_LIMIT)
+        }
+        return await asyncio.to_thread(draw_lineage, lineage, pngs, CONTACT_SHEET_LIMIT)
 
     def version_for_message(self, transport: str, message_id: str | int) -> Version | None:
         return self._store.version_for_message(transport, str(message_id))
 
     def link_message(self, transport: str, message_id: str | int, version_id: str) -> None:
         """Remember that a transport's message shows a version (several messages may)."""
-        self.get_version(version_id)
+        self._version(version_id)
         self._store.link_message(transport, str(message_id), version_id)

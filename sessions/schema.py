@@ -229,6 +229,39 @@ _STEERING = f"""
 """
 
 
+@MIGRATIONS()
+def m003_outbox(db: Database) -> None:
+    """Delivery becomes part of a job's state, and uploads are recorded before they are fetched.
+
+    A finished job is ``delivered`` once its transport has posted the result and finished its
+    status message; jobs finished before this migration were delivered by the bot that ran them.
+    """
+    for statement in _OUTBOX.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+_OUTBOX = """
+    ALTER TABLE jobs ADD COLUMN delivered_at REAL;
+    UPDATE jobs SET delivered_at = coalesce(finished_at, created_at)
+        WHERE state IN ('done', 'failed', 'cancelled', 'interrupted');
+    CREATE INDEX jobs_undelivered ON jobs(state) WHERE delivered_at IS NULL;
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY,
+        transport TEXT NOT NULL,
+        guild_id TEXT,
+        channel_id TEXT NOT NULL,
+        thread_id TEXT,
+        requester_id TEXT NOT NULL,
+        requester_name TEXT NOT NULL,
+        instruction TEXT NOT NULL,
+        source TEXT NOT NULL,
+        reply_context TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL
+    )
+"""
+
+
 # --- rows to records: a record's fields are its table's columns of the same names ----------
 
 

@@ -10,6 +10,10 @@ Decisions worth knowing:
 * **Jobs.** Recording results in request order, reusing cached inversions and captions,
   and taking up jobs after a crash are :mod:`sessions.jobs`' business; listeners added here
   hear about every recovered job so its requester can be told the outcome.
+* **Servers are walls.** Every request names the place it comes from; a version (or a job,
+  for moderators) is used only from a place that shares its scope (:meth:`Place.shares_scope`).
+* **Nothing heavy on the loop.** Requests are admitted (caps) before any image is decoded;
+  decoding and drawing run on threads, and a job's writes go through :mod:`sessions.writer`.
 """
 
 from __future__ import annotations
@@ -20,39 +24,29 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from PIL import Image
 
 from editor.config import LimitsConfig
-from editor.overrides import tidy_captions
+from editor.failures import WorkerRejected
+from editor.images import check_instruction
 from editor.types import EditRequest, EditSettings, InvalidInput
 from editor.worker import EditWorker
+from sessions.derived import STRENGTH_STEP, DerivedEdits, Edit
 from sessions.errors import NotAllowed, NotFound, Rejected, UserError
 from sessions.jobs import JobRunner, Ticket
 from sessions.metrics import EditMetrics
-from sessions.models import Author, CaptionsBy, JobKind, Place, VariationSet, Version
+from sessions.models import Author, JobKind, Place, VariationSet, Version
+from sessions.outbox import Outbox
 from sessions.places import PlaceChoices
 from sessions.queries import TreeQueries
-from sessions.store import Store
+from sessions.store import Store, new_id
 from sessions.variations import draw_grid
+from sessions.writer import Writer
 
 log = logging.getLogger(__name__)
-
-#: stronger / subtler multiply the edit's strength by this factor (or divide by it).
-STRENGTH_STEP = 1.5
-
-
-@dataclass(frozen=True)
-class _Edit:
-    """The parts of an edit that retry, stronger and subtler keep or change."""
-
-    instruction: str
-    settings: EditSettings
-    seed: int
-    captions: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-    captions_by: CaptionsBy = "model"
 
 
 class CheckedInput(Protocol):
@@ -89,7 +83,7 @@ def _new_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-class EditService(PlaceChoices, TreeQueries):
+class EditService(PlaceChoices, TreeQueries, DerivedEdits):
     """Conversations as edit trees over one store, one edit worker and the editor it runs.
 
     ``editor.check_inputs(request)`` validates a request the way the engine will, so bad input
@@ -98,17 +92,43 @@ class EditService(PlaceChoices, TreeQueries):
     Use it from one event loop.
     """
 
-    def __init__(self, store: Store, worker: EditWorker, editor: ServiceEditor) -> None:
+    def __init__(self, store: Store, writer: Writer, worker: EditWorker, editor: ServiceEditor) -> None:
         super().__init__(store, editor.defaults, editor.template_names)
+        self._writer = writer
         self._worker = worker
         self._editor = editor
-        self._jobs = JobRunner(store, worker, editor.inversion_key, editor.model_ids, editor.limits)
+        self._jobs = JobRunner(
+            store, writer, worker, editor.inversion_key, models=editor.model_ids, limits=editor.limits
+        )
+        #: What the transports still owe their users: uploads being fetched, results to deliver.
+        self.outbox = Outbox(store, writer)
         self._listeners: list[Listener] = []
 
     @property
     def limits(self) -> LimitsConfig:
         """What an upload and an instruction may be, so a transport can refuse them early."""
         return self._editor.limits
+
+    def check_instruction(self, text: str) -> str:
+        """The instruction as the engine will read it (normalised), or Rejected (too long, ...)."""
+        try:
+            return check_instruction(text, self.limits)
+        except InvalidInput as error:
+            raise Rejected(str(error)) from error
+
+    def new_job_id(self) -> str:
+        """An id for a request not made yet, so its status can carry its Cancel button at once."""
+        return new_id()
+
+    def check_admission(self, author: Author) -> None:
+        """Raise Rejected when a request of ``author`` would be refused now (per-user cap, a
+        busy queue): lets a transport refuse before it downloads anything."""
+        try:
+            self._worker.check_admission(author.id)
+        except WorkerRejected as error:
+            self._jobs.metrics.ended("rejected")
+            log.info("edit request of %s refused: %s", author.id, type(error).__name__)
+            raise Rejected(str(error)) from error
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -118,9 +138,9 @@ class EditService(PlaceChoices, TreeQueries):
         self._listeners.append(callback)
 
     async def start(self) -> None:
-        """Start the worker and take up the jobs a crash or a stop left unfinished."""
+        """Start the worker and take up the jobs a crash or a stop left undelivered."""
         await self._worker.start()
-        tickets = self._jobs.recover()
+        tickets = await self._jobs.recover()
         calls = [listener(ticket) for ticket in tickets for listener in self._listeners]
         for outcome in await asyncio.gather(*calls, return_exceptions=True):
             if isinstance(outcome, BaseException):
@@ -133,7 +153,7 @@ class EditService(PlaceChoices, TreeQueries):
 
     # --- requests -----------------------------------------------------------------------
 
-    def start_edit(
+    async def start_edit(
         self,
         place: Place,
         author: Author,
@@ -141,77 +161,111 @@ class EditService(PlaceChoices, TreeQueries):
         instruction: str,
         *,
         reply_context: dict[str, Any] | None = None,
+        upload_id: str | None = None,
     ) -> Ticket[Version]:
-        """Edit a new image: it becomes the original (root) of a new conversation."""
+        """Edit a new image: it becomes the original (root) of a new conversation.
+
+        ``upload_id`` names the recorded upload (``outbox.record_upload``) this request fulfils;
+        the job keeps its id. EditCancelled if it was cancelled while being fetched.
+        """
+        self.check_admission(author)
         settings = self.channel_settings(place)
         seed = _new_seed()
-        checked = self._check(EditRequest(image=image, instruction=instruction, settings=settings, seed=seed))
+        request = EditRequest(image=image, instruction=instruction, settings=settings, seed=seed)
+        checked, size = await asyncio.to_thread(self._checked_upload, request)
+        previews = self.channel_policy(place).previews
         # The upload is kept as posted (the engine resizes it for each edit), so the root, /history
         # and an undo to it show what the person sent; it becomes a PNG off the loop, when recorded.
-        with Image.open(io.BytesIO(image)) as header:
-            size = header.size
-        job = self._store.add_job(
-            kind="start",
-            place=place,
-            requester=author,
-            instruction=checked.instruction,
-            settings=settings,
-            seed=seed,
-            input_png=image,
-            input_size=size,
-            previews=self.channel_policy(place).previews,
-            reply_context=reply_context or {},
+        job = await self._writer.run(
+            lambda store: store.add_job(
+                kind="start",
+                place=place,
+                requester=author,
+                instruction=checked.instruction,
+                settings=settings,
+                seed=seed,
+                input_png=image,
+                input_size=size,
+                previews=previews,
+                reply_context=reply_context or {},
+                upload_id=upload_id,
+            )
         )
-        return self._jobs.submit(job)
+        return await self._jobs.submit(job)
 
-    def continue_edit(
+    async def continue_edit(
         self,
         version_id: str,
         author: Author,
         instruction: str,
         *,
+        place: Place,
         reply_context: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Ticket[Version]:
         """Edit a version with a new instruction, using its conversation's current settings."""
-        source = self.get_version(version_id)
+        source = self.get_version(version_id, place=place)
         settings = self.channel_settings(self._store.conversation_place(source.conversation_id))
-        return self._request(
-            "continue", source, author, _Edit(instruction, settings, _new_seed()), reply_context
-        )
+        edit = Edit(instruction, settings, _new_seed())
+        return await self._request("continue", source, author, edit, reply_context, job_id=job_id)
 
-    def retry(
-        self, version_id: str, author: Author, *, reply_context: dict[str, Any] | None = None
+    async def retry(
+        self,
+        version_id: str,
+        author: Author,
+        *,
+        place: Place,
+        reply_context: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Ticket[Version]:
         """Redo the edit that made this version from its parent, with a new seed."""
-        edit, parent = self._edit_of(version_id, "retry")
+        edit, parent = self._edit_of(version_id, "retry", place)
         # A new seed samples new before/after captions: that is what makes a retry differ.
         fresh = replace(edit, seed=_new_seed(), captions=None, captions_by="model")
-        return self._request("retry", parent, author, fresh, reply_context)
+        return await self._request("retry", parent, author, fresh, reply_context, job_id=job_id)
 
-    def stronger(
-        self, version_id: str, author: Author, *, reply_context: dict[str, Any] | None = None
+    async def stronger(
+        self,
+        version_id: str,
+        author: Author,
+        *,
+        place: Place,
+        reply_context: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Ticket[Version]:
         """The same edit (instruction, seed, captions) pushed further."""
-        return self._rescaled(version_id, author, STRENGTH_STEP, "stronger", reply_context)
+        edit, parent = self._rescaled(version_id, STRENGTH_STEP, "stronger", place)
+        return await self._request("stronger", parent, author, edit, reply_context, job_id=job_id)
 
-    def subtler(
-        self, version_id: str, author: Author, *, reply_context: dict[str, Any] | None = None
+    async def subtler(
+        self,
+        version_id: str,
+        author: Author,
+        *,
+        place: Place,
+        reply_context: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Ticket[Version]:
         """The same edit (instruction, seed, captions) held back."""
-        return self._rescaled(version_id, author, 1 / STRENGTH_STEP, "subtler", reply_context)
+        edit, parent = self._rescaled(version_id, 1 / STRENGTH_STEP, "subtler", place)
+        return await self._request("subtler", parent, author, edit, reply_context, job_id=job_id)
 
-    def check_fix(self, version_id: str, before: Sequence[str], after: Sequence[str]) -> None:
+    def check_fix(
+        self, version_id: str, before: Sequence[str], after: Sequence[str], *, place: Place
+    ) -> None:
         """Raise (Rejected) as :meth:`fix_captions` would, without queueing anything."""
-        self._fixed(version_id, before, after)
+        self._fixed(version_id, before, after, place)
 
-    def fix_captions(
+    async def fix_captions(
         self,
         version_id: str,
         author: Author,
         before: Sequence[str],
         after: Sequence[str],
         *,
+        place: Place,
         reply_context: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Ticket[Version]:
         """Redo this version's edit from its parent with a person's before/after captions.
 
@@ -219,58 +273,76 @@ class EditService(PlaceChoices, TreeQueries):
         captions are marked as a person's. Captions CLIP would cut short, or that change
         nothing, are refused (Rejected) before anything is queued.
         """
-        fixed, parent = self._fixed(version_id, before, after)
-        return self._request("fix", parent, author, fixed, reply_context)
+        fixed, parent = self._fixed(version_id, before, after, place)
+        return await self._request("fix", parent, author, fixed, reply_context, job_id=job_id)
 
-    def variations(
-        self, version_id: str, author: Author, *, reply_context: dict[str, Any] | None = None
+    async def variations(
+        self,
+        version_id: str,
+        author: Author,
+        *,
+        place: Place,
+        reply_context: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Ticket[VariationSet]:
         """Alternatives of this version's edit, from its parent, as one batch on the parent's
         inversion: other language-model samples and strengths (see :mod:`sessions.variations`)."""
-        edit, parent = self._edit_of(version_id, "vary")
+        edit, parent = self._edit_of(version_id, "vary", place)
         fresh = replace(edit, seed=_new_seed(), captions=None, captions_by="model")
-        return self._request("variations", parent, author, fresh, reply_context)
+        return await self._request("variations", parent, author, fresh, reply_context, job_id=job_id)
 
-    def variation_set(self, job_id: str) -> VariationSet:
+    def variation_set(self, job_id: str, *, place: Place) -> VariationSet:
         found = self._store.variations.get(job_id)
         if found is None or not found.variations:
             raise NotFound("I can't find those variations; they may be from another bot or not made yet.")
+        self._within(self.get_job(job_id).conversation_id, place)
         return found
 
-    def variation_grid(self, job_id: str) -> bytes:
-        """One PNG of a variations job's alternatives, numbered like the buttons that pick them."""
-        found = self.variation_set(job_id)
-        return draw_grid([self.variation_png(job_id, v.number) for v in found.variations])
+    async def variation_grid(self, job_id: str, *, place: Place) -> bytes:
+        """One PNG of a variations job's alternatives, numbered like the buttons that pick them
+        (drawn on a thread)."""
+        found = self.variation_set(job_id, place=place)
+        pngs = [self.variation_png(job_id, v.number, place=place) for v in found.variations]
+        return await asyncio.to_thread(draw_grid, pngs)
 
-    def variation_png(self, job_id: str, number: int) -> bytes:
+    def variation_png(self, job_id: str, number: int, *, place: Place) -> bytes:
+        self._within(self.get_job(job_id).conversation_id, place)
         data = self._store.variations.image_png(job_id, number)
         if data is None:
             raise NotFound(f"There is no variation {number} of that edit.")
         return data
 
-    def pick_variation(self, job_id: str, number: int, author: Author) -> Version:
+    async def pick_variation(self, job_id: str, number: int, author: Author, *, place: Place) -> Version:
         """Make alternative ``number`` a version (a child of the edit's parent); the others stay
         pickable. Picking it again gives the same version."""
-        self.variation_png(job_id, number)
-        version_id = self._store.variations.pick(job_id, number, author, time.time())
+        self.variation_png(job_id, number, place=place)
+        now = time.time()
+        version_id = await self._writer.run(lambda store: store.variations.pick(job_id, number, author, now))
         assert version_id is not None  # the variation exists
-        return self.get_version(version_id)
+        return self._version(version_id)
 
-    def delete_version(self, version_id: str, by: Author) -> Version:
-        """Mark a result deleted (its requester or a moderator): it stays in the tree for the
-        branches made from it, and leaves /history."""
-        version = self.get_version(version_id)
+    def delete_version(self, version_id: str, by: Author, *, place: Place) -> Version:
+        """Mark a result deleted (its requester or a moderator here): it stays in the tree for
+        the branches made from it, and leaves /history."""
+        version = self.get_version(version_id, place=place)
         if version.is_original:
             raise UserError("The original image can't be deleted here; its edits are built on it.")
         if by.id != version.author_id and not by.is_moderator:
             raise NotAllowed("Only the person who asked for this edit, or a moderator, can delete it.")
         return self._store.mark_deleted(version_id, by.id)
 
-    async def cancel(self, job_id: str, by: Author) -> bool:
-        """Cancel a waiting or running job; False if it had already ended."""
+    async def cancel(self, job_id: str, by: Author, *, place: Place) -> bool:
+        """Cancel a waiting or running job, or an upload still being fetched; False if it had ended.
+
+        The requester may cancel their own; a moderator only jobs of the server they moderate.
+        """
+        uploads = self._store.uploads.all(job_id)
+        if uploads and self._store.get_job(job_id) is None:
+            _may_cancel(by, uploads[0].requester.id, uploads[0].place, place)
+            await self._writer.run(lambda store: store.uploads.delete(job_id))
+            return True
         job = self.get_job(job_id)
-        if by.id != job.requester_id and not by.is_moderator:
-            raise NotAllowed("Only the person who asked for this edit, or a moderator, can cancel it.")
+        _may_cancel(by, job.requester_id, self._store.conversation_place(job.conversation_id), place)
         if job.is_final:
             return False
         if self._worker.cancel(job_id):
@@ -278,7 +350,7 @@ class EditService(PlaceChoices, TreeQueries):
         if self._jobs.following(job_id):
             return False  # finished in the worker a moment ago; its result is being saved
         # Left over from an earlier run and not taken up (start() not called yet).
-        self._store.finish_job(job_id, "cancelled", "The edit was cancelled.")
+        await self._writer.run(lambda store: store.finish_job(job_id, "cancelled", "The edit was cancelled."))
         return True
 
     def stats(self) -> dict[str, Any]:
@@ -293,88 +365,57 @@ class EditService(PlaceChoices, TreeQueries):
     # --- internals ------------------------------------------------------------------------
 
     def _check(self, request: EditRequest) -> CheckedInput:
+        """The engine's own checks of a request (decodes the image: call it on a thread)."""
         try:
             return self._editor.check_inputs(request)
         except InvalidInput as error:
             raise Rejected(str(error)) from error
 
-    def _edit_of(self, version_id: str, action: str) -> tuple[_Edit, Version]:
-        """How a version was made from its parent, and that parent; the original has no edit."""
-        version = self.get_version(version_id)
-        if (
-            version.parent_id is None
-            or version.instruction is None
-            or version.settings is None
-            or version.seed is None
-        ):
-            raise UserError(
-                f"This is the original image, so there is no edit to {action}. "
-                "Reply with an instruction to edit it."
-            )
-        captions = (version.before_captions, version.after_captions)
-        edit = _Edit(
-            version.instruction,
-            version.settings,
-            version.seed,
-            captions if all(captions) else None,
-            version.captions_by,
-        )
-        return edit, self.get_version(version.parent_id)
+    def _checked_upload(self, request: EditRequest) -> tuple[CheckedInput, tuple[int, int]]:
+        checked = self._check(request)
+        assert isinstance(request.image, bytes)
+        with Image.open(io.BytesIO(request.image)) as header:
+            return checked, header.size
 
-    def _fixed(self, version_id: str, before: Sequence[str], after: Sequence[str]) -> tuple[_Edit, Version]:
-        edit, parent = self._edit_of(version_id, "fix")
-        captions = tidy_captions(before, after)
-        try:
-            self._editor.check_captions(captions)
-        except InvalidInput as error:
-            raise Rejected(str(error)) from error
-        return replace(edit, captions=captions, captions_by="person"), parent
-
-    def _rescaled(
-        self,
-        version_id: str,
-        author: Author,
-        factor: float,
-        kind: JobKind,
-        reply_context: dict[str, Any] | None,
-    ) -> Ticket[Version]:
-        """The same instruction, seed and captions with the direction scaled."""
-        edit, parent = self._edit_of(version_id, "make " + kind)
-        settings = edit.settings.scaled(factor)
-        if settings == edit.settings:
-            limit = "strong" if factor > 1 else "subtle"
-            raise Rejected(f"This edit is already as {limit} as the settings allow.")
-        return self._request(kind, parent, author, replace(edit, settings=settings), reply_context)
-
-    def _request(
+    async def _request(
         self,
         kind: JobKind,
         source: Version,
         author: Author,
-        edit: _Edit,
+        edit: Edit,
         reply_context: dict[str, Any] | None,
+        *,
+        job_id: str | None,
     ) -> Ticket[Any]:
-        checked = self._check(
-            EditRequest(
-                image=self.image_png(source.id),
-                instruction=edit.instruction,
-                settings=edit.settings,
-                seed=edit.seed,
-                captions=edit.captions,
-            )
-        )
-        policy = self.channel_policy(self.place_of(source))
-        job = self._store.add_job(
-            kind=kind,
-            chain=policy.chain,
-            previews=policy.previews,
-            source_version_id=source.id,
-            requester=author,
-            instruction=checked.instruction,
+        self.check_admission(author)
+        request = EditRequest(
+            image=self._store.image_png(source.id) or b"",
+            instruction=edit.instruction,
             settings=edit.settings,
             seed=edit.seed,
             captions=edit.captions,
-            captions_by=edit.captions_by,
-            reply_context=reply_context or {},
         )
-        return self._jobs.submit(job)
+        checked = await asyncio.to_thread(self._check, request)
+        policy = self.channel_policy(self.place_of(source))
+        job = await self._writer.run(
+            lambda store: store.add_job(
+                kind=kind,
+                chain=policy.chain,
+                previews=policy.previews,
+                source_version_id=source.id,
+                requester=author,
+                instruction=checked.instruction,
+                settings=edit.settings,
+                seed=edit.seed,
+                captions=edit.captions,
+                captions_by=edit.captions_by,
+                reply_context=reply_context or {},
+                job_id=job_id,
+            )
+        )
+        return await self._jobs.submit(job)
+
+
+def _may_cancel(by: Author, requester_id: str, home: Place, place: Place) -> None:
+    if by.id != requester_id and not (by.is_moderator and home.shares_scope(place)):
+        raise NotAllowed("Only the person who asked for this edit, or a moderator, can cancel it.")

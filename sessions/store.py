@@ -2,9 +2,10 @@
 
 Images live in the database as PNG BLOBs next to their metadata, so one transaction
 writes both: a crash leaves neither an image without its version nor a version without
-its image. Every multi-row write runs in ``Database.atomic()``. The store is synchronous
-and used from the event loop's thread only; each call is short (an indexed lookup or one
-small transaction).
+its image. Every multi-row write runs in ``Database.atomic()``. The store is synchronous;
+a running bot has two over the same file (WAL): the event loop's, for reads and a few one-row
+writes (message links, place choices, deletions), and :mod:`sessions.writer`'s, on its own
+thread, for every job's life and every image (jobs, results, variations, uploads).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from editor.types import EditSettings, PriorEdit
+from editor.types import EditCancelled, EditSettings, PriorEdit
 from sessions.inversions import InversionCache
 from sessions.models import Author, CaptionsBy, ChainMode, Job, JobKind, Place, Version
 from sessions.place_rows import PlaceRows
 from sessions.records import EditOutcome, JobSpec, prior_edit
 from sessions.schema import JOB_COLUMNS, VERSION_COLUMNS, job_from_row, migrate, version_from_row
+from sessions.uploads import Uploads
 from sessions.variation_store import VariationStore
 
 _ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"  # no 0/o, 1/l/i: easy to read back and type
@@ -46,6 +48,7 @@ class Store(PlaceRows):
         self.db = db
         self.inversions = InversionCache(db, inversion_cache_bytes)
         self.variations = VariationStore(db, self.inversions, new_id)
+        self.uploads = Uploads(db)
 
     @classmethod
     def open(
@@ -150,10 +153,22 @@ class Store(PlaceRows):
         captions_by: CaptionsBy = "model",
         chain: ChainMode = "reinvert",
         previews: bool = False,
+        job_id: str | None = None,
+        upload_id: str | None = None,
     ) -> Job:
-        """Record a queued job; a start job (``place`` and ``input_png``) opens a conversation."""
+        """Record a queued job; a start job (``place`` and ``input_png``) opens a conversation.
+
+        ``job_id`` is one the transport chose (its Cancel button names it), else a new one.
+        ``upload_id`` names the recorded upload this job takes over, whose id it keeps: the
+        upload is forgotten in the same transaction, so the request is recorded in exactly one
+        place, and one cancelled while it was fetched raises EditCancelled.
+        """
         now = time.time()
         with self.db.atomic():
+            if upload_id is not None:
+                if not self.db.execute("DELETE FROM uploads WHERE id = ?", [upload_id]).rowcount:
+                    raise EditCancelled("The edit was cancelled.")
+                job_id = upload_id
             if kind == "start":
                 if place is None or input_png is None or input_size is None:
                     raise ValueError("a start job needs a place and an input image with its size")
@@ -174,7 +189,7 @@ class Store(PlaceRows):
                 if source is None:
                     raise ValueError(f"no version {source_version_id!r} to edit")
                 conversation_id = source.conversation_id
-            job_id = new_id()
+            job_id = job_id or new_id()
             self.db.table("jobs").insert(
                 {
                     "id": job_id,
@@ -248,6 +263,19 @@ class Store(PlaceRows):
             base_version_id=None if base is None else base.id,
             prior=prior,
             previews=bool(row["previews"]),
+        )
+
+    def undelivered_jobs(self) -> list[Job]:
+        """Jobs that ended but whose transport has not yet told the requester, oldest first."""
+        rows = self.db.query(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE delivered_at IS NULL "
+            "AND state IN ('done', 'failed', 'cancelled', 'interrupted') ORDER BY created_at, rowid"
+        )
+        return [job_from_row(row) for row in rows]
+
+    def mark_delivered(self, job_id: str) -> None:
+        self.db.execute(
+            "UPDATE jobs SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL", [time.time(), job_id]
         )
 
     def unfinished_jobs(self) -> list[Job]:

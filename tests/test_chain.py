@@ -7,9 +7,10 @@ result that depends on every earlier turn's captions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from editor.types import EditRequest, EditSettings, PriorEdit
 from evaluation.dataset import load_dataset
 from evaluation.metrics import Scorer
 from evaluation.strategies import resolve_strategies
-from sessions import App, Author, Place
+from sessions import App, Author, Place, Ticket
 from sessions.config import EvaluationConfig, StrategyConfig
 from tests.support.editor import StandInEditor, stand_in_app
 from tests.test_evaluate_data import write_folder_dataset
@@ -29,6 +30,13 @@ from tests.test_service import picture
 
 ANN = Author("1", "Ann")
 PLACE = Place("discord", 10, 20)
+
+
+async def finished(ticket: Awaitable[Ticket[Any]]) -> Any:
+    """What a request makes, once it is queued and done."""
+    return await (await ticket).result()
+
+
 HAT = PriorEdit(("a photo of a square",), ("a photo of a square with a hat",), 1.0)
 NIGHT = PriorEdit(("a photo of a square",), ("a photo of a square at night",), 0.8)
 
@@ -99,11 +107,11 @@ async def test_compose_turns_reuse_the_originals_inversion_reinvert_turns_do_not
     bot, editor = app
     service = bot.service
     service.update_channel_policy(PLACE, chain="compose")
-    first = await service.start_edit(PLACE, ANN, picture(), "add a hat").result()
+    first = await finished(service.start_edit(PLACE, ANN, picture(), "add a hat"))
     assert editor.inversions == 1
-    second = await service.continue_edit(first.id, ANN, "at night").result()
-    third = await service.continue_edit(second.id, ANN, "in snow").result()
-    retried = await service.retry(third.id, ANN).result()
+    second = await finished(service.continue_edit(first.id, ANN, "at night", place=PLACE))
+    third = await finished(service.continue_edit(second.id, ANN, "in snow", place=PLACE))
+    retried = await finished(service.retry(third.id, ANN, place=PLACE))
     assert editor.inversions == 1, "compose: no inversion after the first turn"
     assert [len(prior) for prior in editor.priors] == [0, 1, 2, 2]
     assert editor.priors[2] == (
@@ -115,7 +123,7 @@ async def test_compose_turns_reuse_the_originals_inversion_reinvert_turns_do_not
     assert {row[0] for row in bot.store.db.execute("SELECT version_id FROM inversions")} == {first.parent_id}
 
     service.update_channel_policy(PLACE, chain="reinvert")
-    await service.continue_edit(third.id, ANN, "in watercolor").result()
+    await finished(service.continue_edit(third.id, ANN, "in watercolor", place=PLACE))
     assert editor.inversions == 2, "reinvert: the previous result is inverted"
     assert editor.priors[-1] == ()
 

@@ -270,17 +270,21 @@ async def test_buttons_retry_and_captions(world: World) -> None:
 
 async def test_cancel_queued_jobs_and_the_per_user_cap(world: World) -> None:
     fake = world.fake
-    requests = [await world.ask("alice", f"variation {n}") for n in range(4)]
+    # Slow edits in this channel, so the two waiting ones are surely still waiting when clicked.
+    edits = fake.channels["edits"]["id"]
+    await fake.slash_command("carol", edits, "settings defaults", {"steps": 60})
+    await fake.wait_for_message(lambda m: "steps 60" in m["content"], 15)
+    requests = [await world.ask("alice", f"variation {n}", channel=edits) for n in range(4)]
     statuses = [await world.status_of(request) for request in requests]
-    capped = await world.final_status(statuses[3], "⚠️")
+    # Refused at once (a reply), or, while the third was still downloading, by its status.
+    capped = statuses[3] if statuses[3]["content"].startswith("⚠️") else None
+    capped = capped or await world.final_status(statuses[3], "⚠️")
     assert "You already have 3 edits waiting or running" in capped["content"]
+    statuses = statuses[:3]
 
-    def has_cancel(status: dict[str, Any]) -> Any:
-        return lambda m: m["id"] == status["id"] and "Cancel" in buttons(m)
-
-    queued = [
-        await fake.wait_for_message(has_cancel(s), RESULT_TIMEOUT, kinds=("edit",)) for s in statuses[1:3]
-    ]
+    # Cancel is on a status from its first message on: however busy the channel, it is there.
+    assert all("Cancel" in buttons(status) for status in statuses)
+    queued = statuses[1:3]
     not_allowed = await fake.click("bob", queued[0], buttons(queued[0])["Cancel"])
     refusal = await fake.wait_for_message(
         lambda m: (m.get("interaction_metadata") or {}).get("id") == not_allowed["id"]
@@ -293,6 +297,7 @@ async def test_cancel_queued_jobs_and_the_per_user_cap(world: World) -> None:
         cancelled = await world.final_status(status, "🚫")
         assert cancelled["components"] == []
     assert is_result(await world.result_of(requests[0]))
+    await fake.slash_command("carol", edits, "settings defaults", {"reset": True})
 
 
 async def test_slash_command_edit(world: World) -> None:
@@ -356,6 +361,9 @@ async def test_context_menu_opens_a_modal_and_edits_the_image(world: World) -> N
         ([("photo.png", png_bytes())], "x" * 200, "characters long"),
         ([("photo.png", png_bytes())], "make it forbidden", "moderators have blocked"),
         ([("photo.png", png_bytes())], "add Gore everywhere", "moderators have blocked"),
+        ([("photo.png", png_bytes())], "\u200b\u200c\u2060", "What should I change?"),
+        ([("photo.png", png_bytes())], "make it fоr\u200bbіdden", "moderators have blocked"),
+        ([("x" * 2400 + ".txt", b"hello")], "make it blue", "is not an image I can edit"),
     ],
     ids=[
         "not-an-image",
@@ -365,6 +373,9 @@ async def test_context_menu_opens_a_modal_and_edits_the_image(world: World) -> N
         "too-long",
         "blocked-word",
         "blocked-pattern",
+        "zero-width-only",
+        "zero-width-and-look-alike-blocked-word",
+        "2400-character-filename",
     ],
 )
 async def test_bad_inputs_get_a_clear_answer(
@@ -375,6 +386,7 @@ async def test_bad_inputs_get_a_clear_answer(
         lambda m: replies_to(request["id"])(m) and "⚠️" in m["content"], 30, kinds=("message", "edit")
     )
     assert expected in answer["content"]
+    assert len(answer["content"]) <= 2000
     assert not answer["attachments"]
 
 
@@ -406,12 +418,28 @@ async def test_direct_messages_and_threads(world: World) -> None:
     assert result["channel_id"] == dm
     assert "guild_id" not in result
 
+    world.results["dm"] = result
+    hint = await fake.send_message("alice", dm, "make it teal please")  # no image
+    assert "send it to me with what to change" in (await world.status_of(hint))["content"]
+
     thread = await fake.create_thread("bob", world.general, "bob's experiments")
     request = await world.ask("bob", "make it pink", channel=thread["id"])
     result = await world.result_of(request)
     assert result["channel_id"] == thread["id"]
     reply = await fake.send_message("bob", thread["id"], "add clouds", reply_to=result)
     assert (await world.result_of(reply))["channel_id"] == thread["id"]
+
+
+async def test_a_forged_click_from_another_place_reaches_nothing(world: World) -> None:
+    """A Retry click "in the server" on alice's private result: refused, nothing queued."""
+    fake = world.fake
+    private = world.results["dm"]
+    click = await fake.click("carol", private, buttons(private)["Retry"], forged_in=world.general)
+    answer = await fake.wait_for_message(
+        lambda m: (m.get("interaction_metadata") or {}).get("id") == click["id"], 15
+    )
+    assert answer["flags"] & EPHEMERAL
+    assert "another server or a private chat" in answer["content"]
 
 
 async def test_settings_need_manage_server_and_change_edit_channels(world: World) -> None:
@@ -483,10 +511,9 @@ async def test_after_a_crash_and_a_restart_without_message_content(world: World)
     fake = world.fake
     request = await world.ask("alice", "make it gold")
     status = await world.status_of(request)
-    await fake.wait_for_message(
-        lambda m: m["id"] == status["id"] and "%" in m["content"], 60, kinds=("edit",)
-    )
-    await world.bot.kill()  # a crash in the middle of the edit
+    # A crash once the job is under way: queued, running or even done, the outbox delivers it.
+    await fake.wait_for_message(lambda m: m["id"] == status["id"], 60, kinds=("edit",))
+    await world.bot.kill()
 
     sections = {
         "discord": {

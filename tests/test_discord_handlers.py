@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import io
+import itertools
 import logging
 import random
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,18 +21,19 @@ import pytest
 from discord import app_commands
 from PIL import Image
 
-from handlers.discord import delivery, render
+from handlers.discord import delivery, intake, render
 from handlers.discord.bot import EditBot
 from handlers.discord.cogs import EditCommands
 from handlers.discord.delivery import Destination
-from handlers.discord.errors import UNEXPECTED, BadRequest, user_message
-from handlers.discord.flows import REPLY_HINT, Relay
+from handlers.discord.errors import UNEXPECTED, BadRequest, report, user_message
+from handlers.discord.flows import DM_HINT, REPLY_HINT, Relay
 from handlers.discord.moderation import InstructionFilter
 from handlers.discord.preferences import SERVER_WIDE, Preferences, channel_place
-from handlers.discord.status import InteractionStatus, StatusUpdater
+from handlers.discord.status import InteractionStatus, StatusBoard
 from handlers.discord.views import InstructionModal
 from sessions import (
     AppConfig,
+    Author,
     ConfigError,
     DiscordConfig,
     EditCancelled,
@@ -41,6 +45,7 @@ from sessions import (
     Rejected,
     Version,
     load_config,
+    normalise_instruction,
 )
 from sessions.store import Store
 from tests.support.editor import StandInEditor, stand_in_app
@@ -192,19 +197,23 @@ def test_an_impossible_limit_is_an_error() -> None:
         render.fit_image(noise_png((128, 128)), 50, "edit-v1")
 
 
-# --- the status updater -------------------------------------------------------------------------
+# --- the status board -------------------------------------------------------------------------
 
 
 class RecordingStatus:
-    message_id = 1
+    """A status message that records its edits (and when each began, by the monotonic clock)."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, message_id: int = 1, channel_id: int = 3) -> None:
+        self.message_id = message_id
+        self.channel_id = channel_id
         self.edits: list[tuple[str, tuple[str, ...] | None]] = []
+        self.started: list[float] = []
         self.fail = fail
 
     async def edit(
         self, content: str, view: discord.ui.View | None, attachments: list[discord.File] | None = None
     ) -> None:
+        self.started.append(time.monotonic())
         self.edits.append((content, None if view is None else tuple(i.custom_id for i in view.children)))  # type: ignore[attr-defined]
         if self.fail:
             raise discord.HTTPException(_Response(500), "boom")
@@ -222,39 +231,84 @@ def view_with(custom_id: str) -> discord.ui.View:
     return view
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for the board to get somewhere (generously: no test asserts how fast)."""
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the board never got there")
+
+
 async def test_updates_are_throttled_and_the_latest_wins() -> None:
     status = RecordingStatus()
-    updater = StatusUpdater(status, interval=0.2)
+    board = StatusBoard(interval_s=0.2)
     view = view_with("otf:cancel:j1")
     for step in range(50):
-        updater.show(f"step {step}", view)
+        board.show(status, f"step {step}", view)
         await asyncio.sleep(0.01)
-    await asyncio.sleep(0.3)
+    await until(lambda: status.edits[-1][0] == "step 49")
     texts = [text for text, _ in status.edits]
     assert texts[0] == "step 0"
-    assert texts[-1] == "step 49"
-    assert len(texts) <= 5, texts
-    await updater.finish("done")
+    assert all(later - earlier >= 0.2 for earlier, later in itertools.pairwise(status.started))
+    assert await board.finish(status, "done")
     assert status.edits[-1] == ("done", None)
+    await board.close()
 
 
 async def test_finish_is_immediate_and_nothing_is_sent_twice() -> None:
     status = RecordingStatus()
-    updater = StatusUpdater(status, interval=10.0)
-    updater.show("queued", view_with("otf:cancel:j1"))
-    await asyncio.sleep(0.05)
-    updater.show("queued", view_with("otf:cancel:j1"))
-    updater.show("running", view_with("otf:cancel:j1"))
-    await updater.finish("cancelled")
+    board = StatusBoard(interval_s=10.0)
+    board.show(status, "queued", view_with("otf:cancel:j1"))
+    await until(lambda: bool(status.edits))
+    board.show(status, "queued", view_with("otf:cancel:j1"))
+    board.show(status, "running", view_with("otf:cancel:j1"))  # waits 10 s ... until the end comes
+    await board.finish(status, "cancelled")
     assert status.edits == [("queued", ("otf:cancel:j1",)), ("cancelled", None)]
+    await board.close()
 
 
 async def test_a_failing_edit_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     status = RecordingStatus(fail=True)
-    updater = StatusUpdater(status, interval=0.0)
+    board = StatusBoard(interval_s=0.0)
     with caplog.at_level(logging.WARNING):
-        await updater.finish("done")
+        assert not await board.finish(status, "done")  # Discord failed: not delivered, try later
     assert "could not edit status message" in caplog.text
+    await board.close()
+
+
+async def test_the_statuses_of_a_channel_share_its_budget_and_finals_go_first() -> None:
+    """50 queued statuses in one channel: at most 3 edits per window, and ends before progress."""
+    board = StatusBoard(interval_s=0.0, per_window=3, window_s=0.3)
+    statuses = [RecordingStatus(message_id=n) for n in range(50)]
+    for position, status in enumerate(statuses, 1):
+        board.show(status, f"number {position} in the queue", None)
+    finals = [asyncio.create_task(board.finish(status, "done")) for status in statuses[45:]]
+    await asyncio.gather(*finals)
+    edits = sorted(
+        (at, text) for status in statuses for at, (text, _) in zip(status.started, status.edits, strict=True)
+    )
+    started = [at for at, _ in edits]
+    # The first three edits went out at once (firsts); the five ends came next, ahead of 42 firsts.
+    assert [text for _, text in edits[3:8]] == ["done"] * 5
+    assert all(status.edits[-1] == ("done", None) for status in statuses[45:])
+    assert all(later - earlier >= 0.3 for earlier, later in zip(started, started[3:], strict=False))
+
+    other_channel = RecordingStatus(message_id=99, channel_id=4)
+    assert await board.finish(other_channel, "done")  # another channel has a budget of its own
+    await board.close()
+
+
+async def test_queue_places_coalesce_to_the_newest() -> None:
+    status = RecordingStatus()
+    board = StatusBoard(interval_s=0.3)
+    board.show(status, "number 20 in the queue", None)
+    await until(lambda: bool(status.edits))
+    for position in range(19, 0, -1):
+        board.show(status, f"number {position} in the queue", None)
+    await until(lambda: status.edits[-1][0] == "number 1 in the queue")
+    assert [text for text, _ in status.edits] == ["number 20 in the queue", "number 1 in the queue"]
+    await board.close()
 
 
 class _OldInteraction:
@@ -468,6 +522,16 @@ class _FakeInteraction:
         self.edits.append(content)
 
 
+class _Outbox:
+    """The part of the service's outbox a delivery marks."""
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+
+    async def mark_delivered(self, job_id: str) -> None:
+        self.delivered.append(job_id)
+
+
 async def test_a_failing_progress_stream_still_ends_with_the_final_status() -> None:
     class Ticket:
         job = SimpleNamespace(id="j1", requester_id="42", instruction="make it snowy")
@@ -481,9 +545,10 @@ async def test_a_failing_progress_stream_still_ends_with_the_final_status() -> N
             raise EditCancelled("cancelled")
 
     status = RecordingStatus()
+    outbox = _Outbox()
     following = delivery.Delivery(
         _bot(),
-        None,  # type: ignore[arg-type]
+        SimpleNamespace(outbox=outbox),  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         preferences=None,  # type: ignore[arg-type]
         safety=None,
@@ -491,67 +556,87 @@ async def test_a_failing_progress_stream_still_ends_with_the_final_status() -> N
     )
     await following.follow(Ticket(), status, Destination(3, 1, None, 1))  # type: ignore[arg-type]
     assert status.edits[-1] == (render.cancelled_text("42", "make it snowy"), None)
+    assert outbox.delivered == ["j1"]
+    await following.close()
 
 
 async def test_a_dropped_connection_does_not_stop_the_status_updates(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     class Flaky(RecordingStatus):
-        async def edit(self, content: str, view: discord.ui.View | None) -> None:
+        async def edit(
+            self, content: str, view: discord.ui.View | None, attachments: list[discord.File] | None = None
+        ) -> None:
             await super().edit(content, view)
             if len(self.edits) == 1:
                 raise aiohttp.ServerDisconnectedError()
 
     status = Flaky()
-    updater = StatusUpdater(status, interval=0.0)
+    board = StatusBoard(interval_s=0.0)
     with caplog.at_level(logging.WARNING):
-        updater.show("queued", None)
-        await asyncio.sleep(0.05)
-        updater.show("running", None)
-        await asyncio.sleep(0.05)
-        await updater.finish("done")
+        board.show(status, "queued", None)
+        await until(lambda: len(status.edits) == 1)
+        board.show(status, "running", None)
+        await until(lambda: len(status.edits) == 2)
+        assert await board.finish(status, "done")
     assert [text for text, _ in status.edits] == ["queued", "running", "done"]
     assert "could not edit status message" in caplog.text
+    await board.close()
 
 
-async def test_mentioning_the_bot_in_an_empty_reply_to_a_result_gets_a_hint() -> None:
-    replies: list[str] = []
-
+def _message(content: str, *, guild: Any = None, reference: Any = None, replies: list[str]) -> Any:
     async def reply(text: str, **kwargs: Any) -> None:
         assert kwargs["allowed_mentions"] is not None
         replies.append(text)
 
-    service = SimpleNamespace(version_for_message=lambda transport, message_id: version())
-    relay = _relay(service)
-    message = SimpleNamespace(
+    return SimpleNamespace(
         author=SimpleNamespace(bot=False, id=5),
-        type=discord.MessageType.reply,
-        content="<@99>",
-        reference=SimpleNamespace(message_id=10, resolved=None),
-        mentions=[BOT_USER],
+        type=discord.MessageType.reply if reference else discord.MessageType.default,
+        content=content,
+        reference=reference,
+        mentions=[BOT_USER] if "<@99>" in content else [],
         attachments=[],
-        guild=None,
+        guild=guild,
         channel=SimpleNamespace(id=3),
         reply=reply,
     )
-    await relay.on_message(message)  # type: ignore[arg-type]
+
+
+async def test_mentioning_the_bot_in_an_empty_reply_to_a_result_gets_a_hint() -> None:
+    replies: list[str] = []
+    service = SimpleNamespace(version_for_message=lambda transport, message_id: version())
+    relay = _relay(service)
+    reference = SimpleNamespace(message_id=10, resolved=None)
+    await relay.on_message(_message("<@99>", reference=reference, replies=replies))  # type: ignore[arg-type]
     assert replies == [REPLY_HINT]
+
+
+async def test_a_direct_message_without_an_image_gets_a_hint() -> None:
+    replies: list[str] = []
+    relay = _relay(SimpleNamespace())
+    await relay.on_message(_message("make it snowy", replies=replies))  # type: ignore[arg-type]
+    assert replies == [DM_HINT]
+    await relay.on_message(_message("hello", guild=SimpleNamespace(id=1), replies=replies))  # type: ignore[arg-type]
+    assert replies == [DM_HINT], "in a server, chatter without a mention is left alone"
 
 
 async def test_a_thread_that_cannot_be_opened_turns_the_status_into_the_reason() -> None:
     started: list[Any] = []
-    relay = _relay(SimpleNamespace(start_edit=lambda *a, **k: started.append(a)), open_threads=True)
+    service = SimpleNamespace(start_edit=lambda *a, **k: started.append(a), new_job_id=lambda: "j1")
+    relay = _relay(service, open_threads=True)
 
     async def no_thread(interaction: Any, instruction: str) -> None:
         raise discord.Forbidden(_Response(403), "Missing Permissions")
 
     relay._thread_for = no_thread  # type: ignore[method-assign]
     interaction = _FakeInteraction()
-    attachment = SimpleNamespace(id=1)
-    await relay._start_from_interaction(interaction, "make it snowy", attachment)  # type: ignore[arg-type]
+    attachment = SimpleNamespace(id=1, url="http://cdn/x.png")
+    received = await relay._respond_received(interaction, intake.author_of_interaction(interaction), "go")  # type: ignore[arg-type]
+    await relay._start_from_interaction(interaction, received, attachment)  # type: ignore[arg-type]
     assert len(interaction.sent) == 1
     assert "missing a permission" in interaction.edits[-1]
     assert not started
+    await relay.close()
 
 
 async def test_settings_reset_with_a_refused_value_changes_nothing(tmp_path: Path) -> None:
@@ -598,11 +683,14 @@ async def test_fitting_a_large_result_runs_off_the_event_loop(monkeypatch: pytes
 async def test_history_of_a_result_still_being_linked_waits_for_it() -> None:
     """A quick /history (or menu) on a result the bot has just posted finds it, not "not a result"."""
     links: dict[int, Version] = {}
+
+    async def contact_sheet(version_id: str, place: Place) -> bytes:
+        return noise_png((8, 8))
+
     service = SimpleNamespace(
         version_for_message=lambda transport, message_id: links.get(int(message_id)),
-        history=lambda version_id: [version()],
-        contact_sheet=lambda version_id: noise_png((8, 8)),
-        place_of=lambda version: channel_place(1, 3),
+        history=lambda version_id, place: [version()],
+        contact_sheet=contact_sheet,
     )
     relay = _relay(service)
     interaction = _FakeInteraction()
@@ -616,22 +704,82 @@ async def test_history_of_a_result_still_being_linked_waits_for_it() -> None:
     await asyncio.sleep(0)
     await relay.history(interaction, "555555555555555555")  # type: ignore[arg-type]
     await posting
+    assert interaction.sent == ["(thinking)"], "deferred before waiting for the link"
     assert interaction.edits[-1].startswith("🧬 History of this image (1 version)")
 
 
-async def test_history_of_a_result_from_another_server_is_refused() -> None:
-    """A message link from another server (or a DM) must not show that lineage here."""
-    service = SimpleNamespace(
-        version_for_message=lambda transport, message_id: version(),
-        history=lambda version_id: [version()],
-        contact_sheet=lambda version_id: noise_png((8, 8)),
-        place_of=lambda version: channel_place(99, 4),
-    )
-    relay = _relay(service)
+async def test_forged_events_pointing_into_another_server_reach_nothing(tmp_path: Path) -> None:
+    """A /history link, a button and a Cancel from server 1 on things of server 99: all refused."""
+    app = stand_in_app(tmp_path / "bot.db", StandInEditor())
+    service = app.service
+    await service.start()
+    try:
+        elsewhere = channel_place(99, 4)
+        ticket = await service.start_edit(elsewhere, Author("7", "Eve"), noise_png((16, 16)), "make it red")
+        made = await ticket.result()
+        service.link_message("discord", 555555555555555555, made.id)
+        relay = _relay(service)
+        interaction = _FakeInteraction()  # server 1, a moderator there
+        interaction.permissions = discord.Permissions(manage_messages=True)
+        with pytest.raises(NotAllowed, match="another server"):
+            await relay.history(interaction, "555555555555555555")  # type: ignore[arg-type]
+        for action in ("captions", "undo", "retry", "stronger", "subtler"):
+            with pytest.raises(NotAllowed, match="another server"):
+                await relay.button(_FakeInteraction(), action, made.id)  # type: ignore[arg-type]
+        editor_job = await service.continue_edit(made.id, Author("7", "Eve"), "add a hat", place=elsewhere)
+        with pytest.raises(NotAllowed, match="Only the person who asked"):
+            await relay.cancel(interaction, editor_job.job_id)  # type: ignore[arg-type]
+        await editor_job.result()
+        assert interaction.edits == []
+        await relay.close()
+    finally:
+        await service.stop()
+        app.close()
+
+
+async def test_an_error_of_any_length_reaches_the_user_within_discords_limit() -> None:
+    """A 2500-character error used to be refused by Discord, and the person heard nothing."""
+    replies: list[str] = []
+    message = _message("", replies=replies)
+    await report(message, BadRequest("x" * 2500))
+    [text] = replies
+    assert len(text) == render.MAX_CONTENT
+    assert text.startswith("⚠️ xxx")
+    assert text.endswith("…")
+    long_note = render.with_note("z" * 2500, "sent as WebP to fit the 8 KB upload limit")
+    assert len(long_note) <= render.MAX_CONTENT
+    assert long_note.endswith("\n-# sent as WebP to fit the 8 KB upload limit"), "the note survives the cut"
+
+
+def test_zero_width_and_look_alike_instructions_are_read_as_what_they_show() -> None:
+    check = InstructionFilter(["forbidden"], []).check
+
+    def instruction_of(text: str) -> str:
+        return intake.instruction_of(text, InstructionFilter(["forbidden"], []), lambda t: t.strip())
+
+    for invisible in ("\u200b\u200c\u200d", "\ufeff \u2060", "\u3164"):
+        with pytest.raises(BadRequest, match="What should I change"):
+            instruction_of(invisible)
+    for disguised in (
+        "make it for\u200bbidden",
+        "make it ｆｏｒｂｉｄｄｅｎ",
+        "make it fоrbіdden",
+        "FÖRBIDDEN",
+    ):
+        with pytest.raises(BadRequest, match="moderators have blocked"):
+            check(normalise_instruction(disguised))
+    check(normalise_instruction("make it snowy"))
+
+
+async def test_without_a_safety_checker_switching_it_on_says_there_is_none() -> None:
+    config = AppConfig.from_mapping({"discord": {"safety_model": ""}}).discord
+    bot = EditBot(_NoService(), config, OpsConfig())  # type: ignore[arg-type]
+    cog = EditCommands(bot, bot.relay, bot.service, bot.preferences, True)
     interaction = _FakeInteraction()
-    with pytest.raises(BadRequest, match="another server"):
-        await relay.history(interaction, "555555555555555555")  # type: ignore[arg-type]
-    assert interaction.edits == []
+    with pytest.raises(BadRequest, match="no safety checker"):
+        await cog.settings_safety.callback(cog, interaction, enabled=True)  # type: ignore[arg-type]
+    assert interaction.sent == []
+    await bot.close()
 
 
 async def test_a_preview_rides_on_the_status_edits_once_per_change_and_goes_at_the_end() -> None:
@@ -644,9 +792,13 @@ async def test_a_preview_rides_on_the_status_edits_once_per_change_and_goes_at_t
             await super().edit(content, view)
             sent.append(None if attachments is None else [file.fp.read() for file in attachments])
 
-    updater = StatusUpdater(WithFiles(), interval=0.0)
-    for text, preview in (("a", None), ("b", b"png-1"), ("c", b"png-1"), ("c", b"png-2")):
-        updater.show(text, None, preview)
-        await asyncio.sleep(0.02)
-    await updater.finish("done")
+    status = WithFiles()
+    board = StatusBoard(interval_s=0.0)
+    for count, (text, preview) in enumerate(
+        (("a", None), ("b", b"png-1"), ("c", b"png-1"), ("c", b"png-2")), 1
+    ):
+        board.show(status, text, None, preview)
+        await until(lambda count=count: len(sent) == count)
+    await board.finish(status, "done")
     assert sent == [None, [b"png-1"], None, [b"png-2"], []]
+    await board.close()

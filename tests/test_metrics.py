@@ -77,7 +77,7 @@ async def test_counters_only_go_up_across_more_than_200_edits(served: tuple[App,
     for number in range(EDITS):
         instruction = {7: "crash", 3: "too big", 5: "say it plainly"}.get(number % 10, f"edit {number}")
         try:
-            await app.service.start_edit(PLACE, ANN, image, instruction).result()
+            await (await app.service.start_edit(PLACE, ANN, image, instruction)).result()
             done += 1
         except JobFailed:
             failed += 1
@@ -109,15 +109,15 @@ async def test_counters_only_go_up_across_more_than_200_edits(served: tuple[App,
 async def test_a_refused_and_a_cancelled_edit_are_counted(served: tuple[App, StandInEditor, str]) -> None:
     app, editor, url = served
     editor.hold("wait here")
-    held = app.service.start_edit(PLACE, ANN, png_bytes(), "wait here")
-    queued = [app.service.start_edit(PLACE, ANN, png_bytes(), f"then {n}") for n in range(2)]
+    held = await app.service.start_edit(PLACE, ANN, png_bytes(), "wait here")
+    queued = [await app.service.start_edit(PLACE, ANN, png_bytes(), f"then {n}") for n in range(2)]
     with pytest.raises(Rejected):  # the per-user cap
-        app.service.start_edit(PLACE, ANN, png_bytes(), "one too many")
+        await app.service.start_edit(PLACE, ANN, png_bytes(), "one too many")
     samples = await scrape(url)
     assert value(samples, "onthefly_edits_total", outcome="rejected") == 1
     assert value(samples, "onthefly_queue_depth") == 2
     assert value(samples, "onthefly_running_jobs") == 1
-    assert await app.service.cancel(queued[0].job_id, ANN)
+    assert await app.service.cancel(queued[0].job_id, ANN, place=PLACE)
     editor.release("wait here")
     await held.result()
     await queued[1].result()

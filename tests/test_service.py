@@ -11,14 +11,17 @@ import asyncio
 import io
 import itertools
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from editor.types import EditRequest
 from sessions import (
     App,
     Author,
@@ -82,6 +85,14 @@ def store(app: App) -> Store:
 
 
 @pytest.fixture
+def earlier(app: App) -> Iterator[Store]:
+    """The database as an earlier bot process left it: written through a connection of its own."""
+    store = Store.open(app.config.storage.database_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
 async def service(app: App) -> AsyncIterator[EditService]:
     await app.service.start()
     yield app.service
@@ -97,39 +108,47 @@ async def wait_for(condition: Callable[[], bool]) -> None:
     raise AssertionError("timed out waiting")
 
 
+async def finished(ticket: Awaitable[Ticket]) -> Version:
+    """The version a request makes, once it is queued and done."""
+    return await (await ticket).result()
+
+
 async def first_version(service: EditService, instruction: str = "make it snowy") -> Version:
-    return await service.start_edit(PLACE, ANN, picture(), instruction).result()
+    return await finished(service.start_edit(PLACE, ANN, picture(), instruction))
 
 
 async def test_a_conversation_starts_continues_undoes_and_shows_its_history(service: EditService) -> None:
-    ticket = service.start_edit(PLACE, ANN, picture(), "  make   it snowy ", reply_context={"channel": 20})
+    ticket = await service.start_edit(
+        PLACE, ANN, picture(), "  make   it snowy ", reply_context={"channel": 20}
+    )
     assert ticket.job.state == "queued"
     assert ticket.job.reply_context == {"channel": 20}
     states = [update.state async for update in ticket.progress()]
     first = await ticket.result()
     assert states[-1] == "done"
     assert "running" in states
-    second = await service.continue_edit(first.id, BOB, "add a red hat").result()
+    second = await finished(service.continue_edit(first.id, BOB, "add a red hat", place=PLACE))
 
-    original = service.undo(first.id)
+    original = service.undo(first.id, place=PLACE)
     assert original.is_original
     assert (original.width, original.height) == (64, 48)  # what was posted, not what the engine edits
     assert first.instruction == "make it snowy"
-    assert service.undo(second.id) == service.get_version(first.id)
+    assert service.undo(second.id, place=PLACE) == service.get_version(first.id, place=PLACE)
     with pytest.raises(NothingToUndo, match="original"):
-        service.undo(original.id)
-    history = service.history(second.id)
+        service.undo(original.id, place=PLACE)
+    history = service.history(second.id, place=PLACE)
     assert [v.id for v in history] == [original.id, first.id, second.id]
     assert [v.author_name for v in history] == ["Ann", "Ann", "Bob"]
-    assert second.caption == service.get_version(first.id).image_caption  # how the input was seen
+    # How the input was seen:
+    assert second.caption == service.get_version(first.id, place=PLACE).image_caption
     assert second.before_captions
     assert second.after_captions
     assert "add a red hat" in second.after_captions[0]
-    sheet = Image.open(io.BytesIO(service.contact_sheet(second.id)))
+    sheet = Image.open(io.BytesIO(await service.contact_sheet(second.id, place=PLACE)))
     assert sheet.format == "PNG"
     assert 3 * 256 <= sheet.width <= 4 * 300
     assert 256 <= sheet.height <= 600
-    assert Image.open(io.BytesIO(service.image_png(second.id))).size == (32, 24)
+    assert Image.open(io.BytesIO(service.image_png(second.id, place=PLACE))).size == (32, 24)
     job = service.get_job(ticket.job_id)
     assert (job.state, job.result_version_id) == ("done", first.id)
 
@@ -139,8 +158,8 @@ async def test_simultaneous_continues_of_one_version_become_two_branches(
 ) -> None:
     first = await first_version(service)
     editor.hold("add a hat", "add a scarf")
-    ann = service.continue_edit(first.id, ANN, "add a hat")
-    bob = service.continue_edit(first.id, BOB, "add a scarf")
+    ann = await service.continue_edit(first.id, ANN, "add a hat", place=PLACE)
+    bob = await service.continue_edit(first.id, BOB, "add a scarf", place=PLACE)
     editor.release("add a hat")
     editor.release("add a scarf")
     left, right = await ann.result(), await bob.result()
@@ -153,21 +172,21 @@ async def test_simultaneous_continues_of_one_version_become_two_branches(
         "add a hat",
         "add a scarf",
     ]
-    assert service.image_png(left.id) != service.image_png(right.id)
+    assert service.image_png(left.id, place=PLACE) != service.image_png(right.id, place=PLACE)
 
 
 async def test_retry_stronger_subtler_and_a_second_branch_reuse_the_inversion_and_caption(
     service: EditService, editor: StandInEditor
 ) -> None:
     first = await first_version(service)
-    second = await service.continue_edit(first.id, ANN, "add a red hat").result()
+    second = await finished(service.continue_edit(first.id, ANN, "add a red hat", place=PLACE))
     assert (editor.inversions, editor.captions) == (2, 2)  # the original, then the first edit's image
     language_model_calls = editor.language_model_calls
 
-    retried = await service.retry(second.id, BOB).result()
-    stronger = await service.stronger(second.id, BOB).result()
-    subtler = await service.subtler(second.id, ANN).result()
-    branch = await service.continue_edit(first.id, BOB, "add a blue hat").result()
+    retried = await finished(service.retry(second.id, BOB, place=PLACE))
+    stronger = await finished(service.stronger(second.id, BOB, place=PLACE))
+    subtler = await finished(service.subtler(second.id, ANN, place=PLACE))
+    branch = await finished(service.continue_edit(first.id, BOB, "add a blue hat", place=PLACE))
 
     assert (editor.inversions, editor.captions) == (2, 2)
     assert {v.parent_id for v in (retried, stronger, subtler)} == {first.id}
@@ -182,26 +201,26 @@ async def test_retry_stronger_subtler_and_a_second_branch_reuse_the_inversion_an
 
 
 async def test_retry_of_the_original_is_explained(service: EditService) -> None:
-    original = service.undo((await first_version(service)).id)
+    original = service.undo((await first_version(service)).id, place=PLACE)
     for action in (service.retry, service.stronger, service.subtler):
         with pytest.raises(UserError, match="original image"):
-            action(original.id, ANN)
+            await action(original.id, ANN, place=PLACE)
 
 
 async def test_bad_input_is_refused_before_queueing_with_the_engines_message(
     service: EditService, store: Store
 ) -> None:
     with pytest.raises(Rejected, match="couldn't read that file"):
-        service.start_edit(PLACE, ANN, b"not an image", "make it snowy")
+        await service.start_edit(PLACE, ANN, b"not an image", "make it snowy")
     with pytest.raises(Rejected, match="instruction is empty"):
-        service.start_edit(PLACE, ANN, picture(), "   ")
+        await service.start_edit(PLACE, ANN, picture(), "   ")
     with pytest.raises(Rejected, match="limit is"):
-        service.start_edit(PLACE, ANN, b"\x89PNG" + bytes(300_000), "make it snowy")
+        await service.start_edit(PLACE, ANN, b"\x89PNG" + bytes(300_000), "make it snowy")
     first = await first_version(service)
     with pytest.raises(Rejected, match="under 81 characters"):
-        service.continue_edit(first.id, ANN, "x" * 200)
+        await service.continue_edit(first.id, ANN, "x" * 200, place=PLACE)
     with pytest.raises(NotFound):
-        service.continue_edit("nope", ANN, "make it snowy")
+        await service.continue_edit("nope", ANN, "make it snowy", place=PLACE)
     assert store.job_counts() == {"done": 1}
 
 
@@ -213,9 +232,9 @@ async def test_the_worker_refusing_a_job_leaves_nothing_behind(
     await service.start()
     try:
         editor.hold("make it snowy")
-        held = service.start_edit(PLACE, ANN, picture(), "make it snowy")
+        held = await service.start_edit(PLACE, ANN, picture(), "make it snowy")
         with pytest.raises(Rejected, match="already have 1 edit"):
-            service.start_edit(PLACE, ANN, picture(), "make it rainy")
+            await service.start_edit(PLACE, ANN, picture(), "make it rainy")
         assert store.job_counts() in ({"queued": 1}, {"running": 1})
         assert store.db.execute("SELECT count(*) FROM conversations").fetchone()[0] == 1
         editor.release("make it snowy")
@@ -226,7 +245,7 @@ async def test_the_worker_refusing_a_job_leaves_nothing_behind(
 
 async def test_a_failed_edit_records_a_readable_error(service: EditService, editor: StandInEditor) -> None:
     editor.failures["make it explode"] = RuntimeError("CUDA error: device-side assert")
-    ticket = service.start_edit(PLACE, ANN, picture(), "make it explode")
+    ticket = await service.start_edit(PLACE, ANN, picture(), "make it explode")
     with pytest.raises(JobFailed, match="Something went wrong") as failure:
         await ticket.result()
     assert "CUDA" not in str(failure.value)
@@ -241,24 +260,24 @@ async def test_cancels_touch_only_their_own_job_and_strangers_may_not_cancel(
 ) -> None:
     first = await first_version(service)
     editor.hold("add a hat", "add a scarf")
-    running = service.continue_edit(first.id, ANN, "add a hat")
+    running = await service.continue_edit(first.id, ANN, "add a hat", place=PLACE)
     await wait_for(lambda: service.get_job(running.job_id).state == "running")
-    waiting = service.continue_edit(first.id, BOB, "add a scarf")
+    waiting = await service.continue_edit(first.id, BOB, "add a scarf", place=PLACE)
 
     with pytest.raises(NotAllowed, match="Only the person who asked"):
-        await service.cancel(waiting.job_id, ANN)
-    assert await service.cancel(waiting.job_id, BOB)
+        await service.cancel(waiting.job_id, ANN, place=PLACE)
+    assert await service.cancel(waiting.job_id, BOB, place=PLACE)
     with pytest.raises(EditCancelled):
         await waiting.result()
     assert service.get_job(running.job_id).state == "running"
-    assert await service.cancel(running.job_id, MOD)  # a moderator may cancel anyone's
+    assert await service.cancel(running.job_id, MOD, place=PLACE)  # a moderator may cancel anyone's
     with pytest.raises(EditCancelled):
         await running.result()
     assert service.get_job(running.job_id).state == "cancelled"
     assert service.get_job(waiting.job_id).state == "cancelled"
-    assert not await service.cancel(waiting.job_id, BOB)  # already over
+    assert not await service.cancel(waiting.job_id, BOB, place=PLACE)  # already over
     with pytest.raises(NotFound):
-        await service.cancel("nope", BOB)
+        await service.cancel("nope", BOB, place=PLACE)
     assert [v.id for v in service.conversation_versions(first.conversation_id)][-1] == first.id
 
 
@@ -268,10 +287,14 @@ async def test_results_of_one_conversation_are_recorded_in_the_order_asked(
     first = await first_version(service)
     other = await first_version(service, "make it rainy")  # another conversation
     editor.hold("elsewhere", "add a hat")
-    busy = service.continue_edit(other.id, ANN, "elsewhere")
+    busy = await service.continue_edit(other.id, ANN, "elsewhere", place=PLACE)
     await wait_for(lambda: editor.started == ["make it snowy", "make it rainy", "elsewhere"])
-    asked_first = service.continue_edit(first.id, ANN, "add a hat")  # Ann's second job: next round
-    asked_second = service.continue_edit(first.id, BOB, "add a scarf")  # Bob's first: runs earlier
+    asked_first = await service.continue_edit(
+        first.id, ANN, "add a hat", place=PLACE
+    )  # Ann's second job: next round
+    asked_second = await service.continue_edit(
+        first.id, BOB, "add a scarf", place=PLACE
+    )  # Bob's first: runs earlier
     editor.release("elsewhere")
     await busy.result()
     states = [update.state async for update in asked_second.progress()]  # to the worker's "done"
@@ -293,7 +316,7 @@ async def test_channel_settings_override_the_defaults_and_are_checked(service: E
     assert (updated.steps, updated.guidance_scale) == (8, 7.5)
     first = await first_version(service)
     assert first.settings == updated
-    assert service.update_channel_settings(PLACE, steps=None).steps == DEFAULTS.steps
+    assert (service.update_channel_settings(PLACE, steps=None)).steps == DEFAULTS.steps
     with pytest.raises(Rejected, match="between 1 and 200"):
         service.update_channel_settings(PLACE, steps=0)
     with pytest.raises(Rejected, match="Unknown setting"):
@@ -305,7 +328,7 @@ async def test_channel_settings_override_the_defaults_and_are_checked(service: E
     assert service.channel_options(PLACE) == {"edit_channel": True}
 
 
-def test_a_thread_inherits_its_channel_settings_and_may_override_them(service: EditService) -> None:
+async def test_a_thread_inherits_its_channel_settings_and_may_override_them(service: EditService) -> None:
     thread = Place(PLACE.transport, PLACE.guild_id, PLACE.channel_id, "77")
     service.update_channel_settings(PLACE, steps=9, guidance_scale=6.0)
     assert (service.channel_settings(thread).steps, service.channel_settings(thread).guidance_scale) == (
@@ -318,7 +341,7 @@ def test_a_thread_inherits_its_channel_settings_and_may_override_them(service: E
         6.0,
     )
     assert service.channel_settings(PLACE).steps == 9
-    assert service.update_channel_settings(thread, steps=None).steps == 9  # back to the channel's
+    assert (service.update_channel_settings(thread, steps=None)).steps == 9  # back to the channel's
 
 
 async def test_messages_lead_back_to_their_versions_and_stats_add_up(service: EditService) -> None:
@@ -341,9 +364,9 @@ async def test_stop_keeps_unfinished_jobs_queued_and_start_takes_them_up(
     await service.start()
     first = await first_version(service)
     editor.hold("add a hat")
-    running = service.continue_edit(first.id, ANN, "add a hat")
+    running = await service.continue_edit(first.id, ANN, "add a hat", place=PLACE)
     await wait_for(lambda: service.get_job(running.job_id).state == "running")
-    waiting = service.continue_edit(first.id, BOB, "add a scarf")
+    waiting = await service.continue_edit(first.id, BOB, "add a scarf", place=PLACE)
     await service.stop()
     for ticket in (running, waiting):
         with pytest.raises(Postponed, match="saved"):
@@ -362,18 +385,21 @@ async def test_stop_keeps_unfinished_jobs_queued_and_start_takes_them_up(
     again.add_listener(listener)
     await again.start()
     try:
-        assert {t.job_id for t in recovered} == {running.job_id, waiting.job_id}
-        assert recovered[0].job.reply_context == {}
-        results = [await t.result() for t in recovered]
+        # The first edit was done but never delivered (nobody marked it): it comes back too.
+        finished_before, *unfinished = recovered
+        assert await finished_before.result() == first
+        assert {t.job_id for t in unfinished} == {running.job_id, waiting.job_id}
+        assert unfinished[0].job.reply_context == {}
+        results = [await t.result() for t in unfinished]
         assert {v.instruction for v in results} == {"add a hat", "add a scarf"}
         assert restarted.store.job_counts() == {"done": 3}
     finally:
         await again.stop()
 
 
-async def test_a_job_crashed_in_twice_is_reported_interrupted(app: App) -> None:
+async def test_a_job_crashed_in_twice_is_reported_interrupted(app: App, earlier: Store) -> None:
     store = app.store
-    job = store.add_job(
+    job = earlier.add_job(
         kind="start",
         place=PLACE,
         requester=ANN,
@@ -384,9 +410,9 @@ async def test_a_job_crashed_in_twice_is_reported_interrupted(app: App) -> None:
         input_size=(32, 24),
         reply_context={"message": 9},
     )
-    store.mark_running(job.id)
-    store.requeue(job.id, refund_attempt=False)  # the first crash, taken up again
-    store.mark_running(job.id)  # ... and the second crash
+    earlier.mark_running(job.id)
+    earlier.requeue(job.id, refund_attempt=False)  # the first crash, taken up again
+    earlier.mark_running(job.id)  # ... and the second crash
     recovered: list[Ticket] = []
 
     async def listener(ticket: Ticket) -> None:
@@ -406,11 +432,13 @@ async def test_a_job_crashed_in_twice_is_reported_interrupted(app: App) -> None:
         await service.stop()
 
 
-async def test_an_unreadable_leftover_job_fails_alone_and_the_bot_still_starts(app: App) -> None:
+async def test_an_unreadable_leftover_job_fails_alone_and_the_bot_still_starts(
+    app: App, earlier: Store
+) -> None:
     store = app.store
 
     def leftover(instruction: str) -> str:
-        return store.add_job(
+        return earlier.add_job(
             kind="start",
             place=PLACE,
             requester=ANN,
@@ -424,7 +452,7 @@ async def test_an_unreadable_leftover_job_fails_alone_and_the_bot_still_starts(a
 
     broken, fine = leftover("make it snowy"), leftover("add a hat")
     # Settings written by an older version of the bot, with a setting that no longer exists.
-    store.db.execute('UPDATE jobs SET settings = \'{"steps": 4, "retired": 1}\' WHERE id = ?', [broken])
+    earlier.db.execute('UPDATE jobs SET settings = \'{"steps": 4, "retired": 1}\' WHERE id = ?', [broken])
     recovered: dict[str, Ticket] = {}
 
     async def listener(ticket: Ticket) -> None:
@@ -463,15 +491,17 @@ def test_any_sequence_of_edits_keeps_a_tree_whose_histories_end_at_their_root(
             made: list[Version] = []
             for kind, pick in actions:
                 if kind == "start" or not made:
-                    made.append(await service.start_edit(PLACE, ANN, picture(), "begin").result())
+                    made.append(await finished(service.start_edit(PLACE, ANN, picture(), "begin")))
                     continue
                 source = made[pick % len(made)]
                 if kind == "undo-continue" and not source.is_original:
-                    source = service.undo(source.id)
-                made.append(await service.continue_edit(source.id, BOB, f"step {len(made)}").result())
-            every = made + [service.undo(v.id) for v in made if v.parent_id is not None]
+                    source = service.undo(source.id, place=PLACE)
+                made.append(
+                    await finished(service.continue_edit(source.id, BOB, f"step {len(made)}", place=PLACE))
+                )
+            every = made + [service.undo(v.id, place=PLACE) for v in made if v.parent_id is not None]
             for version in every:
-                lineage = service.history(version.id)
+                lineage = service.history(version.id, place=PLACE)
                 assert lineage[0].parent_id is None
                 assert lineage[-1].id == version.id
                 assert len({v.id for v in lineage}) == len(lineage)  # acyclic
@@ -492,11 +522,196 @@ async def test_a_long_history_shows_the_original_and_the_latest_steps(
 ) -> None:
     monkeypatch.setattr("sessions.queries.CONTACT_SHEET_LIMIT", 3)
     version = await first_version(service)
-    short = Image.open(io.BytesIO(service.contact_sheet(version.id)))
+    short = Image.open(io.BytesIO(await service.contact_sheet(version.id, place=PLACE)))
     for step in range(3):
-        version = await service.continue_edit(version.id, BOB, f"step {step} " + "word " * 12).result()
-    long = Image.open(io.BytesIO(service.contact_sheet(version.id)))
+        version = await finished(
+            service.continue_edit(version.id, BOB, f"step {step} " + "word " * 12, place=PLACE)
+        )
+    long = Image.open(io.BytesIO(await service.contact_sheet(version.id, place=PLACE)))
 
-    assert len(service.history(version.id)) == 5
+    assert len(service.history(version.id, place=PLACE)) == 5
     assert long.height == short.height  # one row: three cells of five steps
     assert long.width == short.width * 3 // 2  # two cells, then three
+
+
+# --- servers are walls --------------------------------------------------------------------------
+
+ELSEWHERE = Place("discord", 11, 20)  # another server
+DM_ANN, DM_BOB = Place("discord", None, 70), Place("discord", None, 71)  # two private chats
+
+
+async def test_a_version_is_used_only_from_its_own_server_or_chat(service: EditService) -> None:
+    """Forged events (a click, a reply, a menu pointing into another server) reach nothing."""
+    first = await first_version(service)
+    uses = [
+        lambda: service.get_version(first.id, place=ELSEWHERE),
+        lambda: service.undo(first.id, place=ELSEWHERE),
+        lambda: service.history(first.id, place=ELSEWHERE),
+        lambda: service.image_png(first.id, place=ELSEWHERE),
+    ]
+    for use in uses:
+        with pytest.raises(NotAllowed, match="another server or a private chat"):
+            use()
+    requests = [
+        service.continue_edit(first.id, BOB, "add a hat", place=ELSEWHERE),
+        service.retry(first.id, BOB, place=ELSEWHERE),
+        service.stronger(first.id, BOB, place=ELSEWHERE),
+        service.subtler(first.id, BOB, place=ELSEWHERE),
+        service.contact_sheet(first.id, place=ELSEWHERE),
+    ]
+    for request in requests:
+        with pytest.raises(NotAllowed, match="another server"):
+            await request
+    in_a_thread = Place("discord", PLACE.guild_id, 99, 5)  # same server, another channel: fine
+    assert service.get_version(first.id, place=in_a_thread) == first
+
+    private = await finished(service.start_edit(DM_ANN, ANN, picture(), "make it teal"))
+    assert service.get_version(private.id, place=DM_ANN) == private
+    for elsewhere in (DM_BOB, PLACE):
+        with pytest.raises(NotAllowed):
+            service.get_version(private.id, place=elsewhere)
+    assert service.stats()["jobs"] == {"done": 2}  # nothing was queued from the wrong place
+
+
+async def test_moderators_cancel_only_in_the_server_they_moderate(
+    service: EditService, editor: StandInEditor
+) -> None:
+    first = await first_version(service)
+    editor.hold("add a hat")
+    ticket = await service.continue_edit(first.id, ANN, "add a hat", place=PLACE)
+    with pytest.raises(NotAllowed, match="Only the person who asked"):
+        await service.cancel(ticket.job_id, MOD, place=ELSEWHERE)  # a moderator of server 11
+    assert await service.cancel(ticket.job_id, ANN, place=ELSEWHERE)  # the requester, anywhere
+    with pytest.raises(EditCancelled):
+        await ticket.result()
+
+
+# --- nothing heavy on the loop ------------------------------------------------------------------
+
+
+async def test_caps_are_checked_before_the_image_is_decoded(
+    make_app: Callable[..., App], editor: StandInEditor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(editor, per_user_cap=1)
+    service = app.service
+    decoded_on: list[str] = []
+    check_inputs = editor.check_inputs
+
+    def recording(request: EditRequest) -> Any:
+        decoded_on.append(threading.current_thread().name)
+        return check_inputs(request)
+
+    monkeypatch.setattr(editor, "check_inputs", recording)
+    await service.start()
+    try:
+        editor.hold("make it snowy")
+        held = await service.start_edit(PLACE, ANN, picture(), "make it snowy")
+        assert decoded_on
+        assert threading.main_thread().name not in decoded_on
+        decoded = len(decoded_on)
+        with pytest.raises(Rejected, match="already have 1 edit"):
+            await service.start_edit(PLACE, ANN, b"never decoded", "make it rainy")
+        service.check_admission(BOB)
+        with pytest.raises(Rejected, match="already have 1 edit"):
+            service.check_admission(ANN)
+        assert len(decoded_on) == decoded
+        editor.release("make it snowy")
+        await held.result()
+    finally:
+        await service.stop()
+
+
+async def test_a_jobs_writes_and_its_images_are_made_on_the_writer_thread(
+    app: App, service: EditService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: dict[str, str] = {}
+    for name in ("add_job", "mark_running", "record_result"):
+        real = getattr(Store, name)
+
+        def recording(store: Store, *args: Any, _name: str = name, _real: Any = real, **kwargs: Any) -> Any:
+            threads[_name] = threading.current_thread().name
+            return _real(store, *args, **kwargs)
+
+        monkeypatch.setattr(Store, name, recording)
+    first = await first_version(service)
+    assert threads == dict.fromkeys(("add_job", "mark_running", "record_result"), "store-writer")
+    assert service.get_version(first.id, place=PLACE) == first  # a read after the write sees it
+
+
+# --- the outbox -----------------------------------------------------------------------------------
+
+
+async def test_a_result_recorded_but_not_delivered_is_handed_back_at_start(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app()
+    await app.service.start()
+    delivered = await app.service.start_edit(PLACE, ANN, picture(), "make it snowy")
+    await delivered.result()
+    await app.service.outbox.mark_delivered(delivered.job_id)
+    lost = await app.service.start_edit(PLACE, BOB, picture(), "make it rainy", reply_context={"m": 1})
+    version = await lost.result()  # done; then the bot dies before posting it
+    await app.service.stop()
+    app.close()
+
+    again = make_app()
+    recovered: list[Ticket] = []
+
+    async def listener(ticket: Ticket) -> None:
+        recovered.append(ticket)
+
+    again.service.add_listener(listener)
+    await again.service.start()
+    try:
+        [ticket] = recovered
+        assert (ticket.job_id, ticket.job.reply_context) == (lost.job_id, {"m": 1})
+        assert await ticket.result() == version
+        assert not again.service.outbox.is_posted("discord", version.id)
+        again.service.link_message("discord", 42, version.id)
+        assert again.service.outbox.is_posted("discord", version.id)
+        await again.service.outbox.mark_delivered(ticket.job_id)
+        assert again.store.undelivered_jobs() == []
+    finally:
+        await again.service.stop()
+
+
+async def test_an_upload_is_recorded_before_its_download_and_taken_over_by_its_job(
+    service: EditService, store: Store
+) -> None:
+    upload = await service.outbox.record_upload(
+        service.new_job_id(),
+        PLACE,
+        ANN,
+        "make it snowy",
+        source="https://cdn.example/a.png",
+        reply_context={},
+    )
+    assert service.outbox.pending_uploads() == [upload]
+    with pytest.raises(Rejected):  # refused: the transport tells the person, then drops it
+        await service.start_edit(PLACE, ANN, b"not an image", "make it snowy", upload_id=upload.id)
+    assert service.outbox.pending_uploads() == [upload]
+    ticket = await service.start_edit(PLACE, ANN, picture(), "make it snowy", upload_id=upload.id)
+    assert ticket.job_id == upload.id, "the Cancel button shown while it downloaded names the job"
+    assert service.outbox.pending_uploads() == []
+    await ticket.result()
+    other = await service.outbox.record_upload(
+        "u2", PLACE, BOB, "add a hat", source="https://x", reply_context={}
+    )
+    await service.outbox.drop_upload(other.id)
+    assert store.uploads.all() == []
+
+
+async def test_an_upload_cancelled_while_it_downloads_never_becomes_a_job(service: EditService) -> None:
+    upload = await service.outbox.record_upload(
+        service.new_job_id(), PLACE, ANN, "make it snowy", source="https://x", reply_context={}
+    )
+    with pytest.raises(NotAllowed):
+        await service.cancel(upload.id, BOB, place=PLACE)
+    with pytest.raises(NotAllowed):
+        await service.cancel(upload.id, MOD, place=ELSEWHERE)
+    assert await service.cancel(upload.id, MOD, place=PLACE)
+    with pytest.raises(EditCancelled):
+        await service.start_edit(PLACE, ANN, picture(), "make it snowy", upload_id=upload.id)
+    assert service.stats()["jobs"] == {}
+    with pytest.raises(NotFound):
+        await service.cancel(upload.id, ANN, place=PLACE)

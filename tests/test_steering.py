@@ -9,14 +9,26 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 from sqlite_utils import Database
 
-from sessions import App, Author, EditService, NotAllowed, NotFound, Place, Rejected, UserError, Version
+from sessions import (
+    App,
+    Author,
+    EditService,
+    NotAllowed,
+    NotFound,
+    Place,
+    Rejected,
+    Ticket,
+    UserError,
+    Version,
+)
 from sessions.policy import ChannelPolicy
 from sessions.schema import MIGRATIONS
 from sessions.store import Store
@@ -28,6 +40,11 @@ ANN = Author("1", "Ann")
 BOB = Author("2", "Bob")
 MOD = Author("3", "Mo", is_moderator=True)
 PLACE = Place("discord", 10, 20)
+
+
+async def finished(ticket: Awaitable[Ticket[Any]]) -> Any:
+    """What a request makes, once it is queued and done."""
+    return await (await ticket).result()
 
 
 @pytest.fixture
@@ -50,7 +67,7 @@ def service(app: App) -> EditService:
 
 
 async def edited(service: EditService, instruction: str = "make it snowy") -> Version:
-    return await service.start_edit(PLACE, ANN, picture(), instruction).result()
+    return await finished(service.start_edit(PLACE, ANN, picture(), instruction))
 
 
 def job_count(app: App) -> int:
@@ -62,7 +79,9 @@ async def test_fixed_captions_redo_the_edit_from_the_parent_without_the_language
 ) -> None:
     first = await edited(service)
     calls, inversions = editor.language_model_calls, editor.inversions
-    ticket = service.fix_captions(first.id, BOB, ["  a  photo ", "", "a picture"], ["a snowy photo"])
+    ticket = await service.fix_captions(
+        first.id, BOB, ["  a  photo ", "", "a picture"], ["a snowy photo"], place=PLACE
+    )
     fixed = await ticket.result()
     assert ticket.job.kind == "fix"
     assert fixed.parent_id == first.parent_id
@@ -73,10 +92,10 @@ async def test_fixed_captions_redo_the_edit_from_the_parent_without_the_language
     assert editor.language_model_calls == calls, "no language-model call"
     assert editor.inversions == inversions, "the parent's cached inversion is reused"
     # The same captions pushed further are still the person's; a retry asks the model again.
-    stronger = await service.stronger(fixed.id, ANN).result()
+    stronger = await finished(service.stronger(fixed.id, ANN, place=PLACE))
     assert stronger.captions_by == "person"
     assert stronger.after_captions == ("a snowy photo",)
-    retried = await service.retry(fixed.id, ANN).result()
+    retried = await finished(service.retry(fixed.id, ANN, place=PLACE))
     assert retried.captions_by == "model"
     assert editor.language_model_calls == calls + 1
 
@@ -99,7 +118,7 @@ async def test_bad_captions_are_refused_with_a_reason_and_nothing_is_queued(
     first = await edited(service)
     jobs = job_count(app)
     with pytest.raises(Rejected, match=message):
-        service.fix_captions(first.id, ANN, before, after)
+        await service.fix_captions(first.id, ANN, before, after, place=PLACE)
     assert job_count(app) == jobs
 
 
@@ -107,7 +126,7 @@ async def test_the_original_has_no_captions_to_fix(service: EditService) -> None
     first = await edited(service)
     assert first.parent_id is not None
     with pytest.raises(Exception, match="original image, so there is no edit to fix"):
-        service.fix_captions(first.parent_id, ANN, ["a"], ["b"])
+        await service.fix_captions(first.parent_id, ANN, ["a"], ["b"], place=PLACE)
 
 
 def test_the_steering_migration_keeps_existing_jobs_and_versions(tmp_path: Path) -> None:
@@ -136,23 +155,25 @@ def test_the_steering_migration_keeps_existing_jobs_and_versions(tmp_path: Path)
 
 async def test_delete_keeps_the_version_for_branches_but_not_in_history(service: EditService) -> None:
     first = await edited(service)
-    second = await service.continue_edit(first.id, BOB, "add a hat").result()
-    third = await service.continue_edit(second.id, ANN, "at night").result()
+    second = await finished(service.continue_edit(first.id, BOB, "add a hat", place=PLACE))
+    third = await finished(service.continue_edit(second.id, ANN, "at night", place=PLACE))
     with pytest.raises(NotAllowed):
-        service.delete_version(second.id, ANN)
-    assert service.delete_version(second.id, BOB).is_deleted
-    assert service.delete_version(third.id, MOD).is_deleted  # a moderator may delete anyone's
-    assert service.history(first.id)[-1] == service.get_version(first.id)
-    fourth = await service.continue_edit(first.id, ANN, "in watercolor").result()
-    child = await service.retry(third.id, ANN).result()  # a branch from the deleted version's child
+        service.delete_version(second.id, ANN, place=PLACE)
+    assert service.delete_version(second.id, BOB, place=PLACE).is_deleted
+    assert service.delete_version(third.id, MOD, place=PLACE).is_deleted  # a moderator may delete anyone's
+    assert service.history(first.id, place=PLACE)[-1] == service.get_version(first.id, place=PLACE)
+    fourth = await finished(service.continue_edit(first.id, ANN, "in watercolor", place=PLACE))
+    child = await finished(
+        service.retry(third.id, ANN, place=PLACE)
+    )  # a branch from the deleted version's child
     assert child.parent_id == second.id
-    assert [v.id for v in service.history(child.id)] == [first.parent_id, first.id, child.id]
-    assert service.undo(child.id).id == first.id  # past the deleted parent
+    assert [v.id for v in service.history(child.id, place=PLACE)] == [first.parent_id, first.id, child.id]
+    assert service.undo(child.id, place=PLACE).id == first.id  # past the deleted parent
     with pytest.raises(NotFound, match="deleted"):
-        service.history(second.id)
+        service.history(second.id, place=PLACE)
     assert fourth.id in {v.id for v in service.conversation_versions(first.conversation_id)}
     with pytest.raises(UserError, match="original"):
-        service.delete_version(first.parent_id or "", MOD)
+        service.delete_version(first.parent_id or "", MOD, place=PLACE)
 
 
 async def test_a_thread_inherits_the_channel_policy_and_bad_values_are_refused(service: EditService) -> None:
@@ -169,7 +190,7 @@ async def test_a_thread_inherits_the_channel_policy_and_bad_values_are_refused(s
 
 async def test_a_result_carries_its_provenance_as_png_text(service: EditService) -> None:
     version = await edited(service, "make it snowy ☃")
-    with Image.open(io.BytesIO(service.image_png(version.id))) as image:
+    with Image.open(io.BytesIO(service.image_png(version.id, place=PLACE))) as image:
         text = dict(image.text)
     assert text["Instruction"] == "make it snowy ☃"
     assert text["Seed"] == str(version.seed)
@@ -183,14 +204,14 @@ async def test_a_result_carries_its_provenance_as_png_text(service: EditService)
 
 async def test_the_original_is_kept_as_posted_and_undo_shows_it(service: EditService) -> None:
     upload = picture((150, 100), (10, 200, 30))
-    first = await service.start_edit(PLACE, ANN, upload, "add a hat").result()
-    original = service.undo(first.id)
+    first = await finished(service.start_edit(PLACE, ANN, upload, "add a hat"))
+    original = service.undo(first.id, place=PLACE)
     assert (original.width, original.height) == (150, 100)
     assert (first.width, first.height) == (32, 24)  # the engine's resolution
-    with Image.open(io.BytesIO(service.image_png(original.id))) as image:
+    with Image.open(io.BytesIO(service.image_png(original.id, place=PLACE))) as image:
         assert image.size == (150, 100)
         assert image.getpixel((75, 50)) == (10, 200, 30)
-    again = await service.continue_edit(original.id, BOB, "add a scarf").result()
+    again = await finished(service.continue_edit(original.id, BOB, "add a scarf", place=PLACE))
     assert (again.width, again.height) == (32, 24)
 
 
@@ -201,7 +222,7 @@ async def test_variations_are_one_batch_on_the_parents_inversion_and_picking_mak
     first = await edited(service)
     assert first.settings is not None
     inversions, calls = editor.inversions, editor.language_model_calls
-    made = await service.variations(first.id, BOB).result()
+    made = await finished(service.variations(first.id, BOB, place=PLACE))
     assert editor.batches == [4]
     assert editor.inversions == inversions, "one inversion, the parent's, cached"
     assert editor.language_model_calls == calls + 4, "each alternative is its own sample"
@@ -217,23 +238,25 @@ async def test_variations_are_one_batch_on_the_parents_inversion_and_picking_mak
     ]
     for variation in made.variations:
         assert f"(seed {variation.seed})" in variation.after_captions[0]  # its own captions, kept
-    with Image.open(io.BytesIO(service.variation_grid(made.job_id))) as grid:
+    with Image.open(io.BytesIO(await service.variation_grid(made.job_id, place=PLACE))) as grid:
         assert grid.size == (2 * 32, 2 * 24)
 
-    third = service.pick_variation(made.job_id, 3, ANN)
+    third = await service.pick_variation(made.job_id, 3, ANN, place=PLACE)
     assert third.parent_id == first.parent_id
     assert third.after_captions == made.variations[2].after_captions
     assert third.settings == made.variations[2].settings
-    assert service.image_png(third.id) == service.variation_png(made.job_id, 3)
-    assert service.pick_variation(made.job_id, 3, BOB) == third, "picked once, the same version after"
-    again = service.variation_set(made.job_id)
+    assert service.image_png(third.id, place=PLACE) == service.variation_png(made.job_id, 3, place=PLACE)
+    assert await service.pick_variation(made.job_id, 3, BOB, place=PLACE) == third, (
+        "picked once, the same version after"
+    )
+    again = service.variation_set(made.job_id, place=PLACE)
     assert [v.version_id for v in again.variations] == [None, None, third.id, None]
-    second = service.pick_variation(made.job_id, 1, BOB)
+    second = await service.pick_variation(made.job_id, 1, BOB, place=PLACE)
     assert second.id != third.id
-    onwards = await service.continue_edit(third.id, ANN, "add a hat").result()
+    onwards = await finished(service.continue_edit(third.id, ANN, "add a hat", place=PLACE))
     assert onwards.parent_id == third.id
     assert database_problems(app.store) == []
     with pytest.raises(NotFound):
-        service.pick_variation(made.job_id, 5, ANN)
+        await service.pick_variation(made.job_id, 5, ANN, place=PLACE)
     with pytest.raises(UserError, match="no edit to vary"):
-        service.variations(first.parent_id or "", ANN)
+        await service.variations(first.parent_id or "", ANN, place=PLACE)

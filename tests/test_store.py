@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlite_utils import Database
 
 from editor.types import EditSettings
 from sessions.config import ConsoleConfig, StorageConfig, load_config
@@ -286,3 +287,57 @@ def test_the_shipped_config_states_the_defaults() -> None:
     config = load_config(repo / "config.yaml")
     assert config.storage == StorageConfig(base_dir=str(repo))
     assert config.console == ConsoleConfig()
+
+
+def test_jobs_finished_before_the_outbox_existed_count_as_delivered(tmp_path: Path) -> None:
+    """m002 must not make the first start after an upgrade post every old result again."""
+    path = tmp_path / "bot.db"
+    connection = sqlite3.connect(path)
+    old = Store(Database(connection), 10_000)
+    MIGRATIONS.apply(old.db, stop_before="m003_outbox")
+    old.db.execute("INSERT INTO conversations VALUES ('c', 'k', 'discord', '10', '20', NULL, 0)")
+    for job_id, state in (("j1", "failed"), ("j2", "queued")):
+        old.db.execute(
+            "INSERT INTO jobs (id, conversation_id, requester_id, requester_name, kind, instruction, "
+            "settings, seed, state, created_at, input_image) "
+            "VALUES (?, 'c', '1', 'Ann', 'start', 'x', '{}', 1, ?, 0, x'00')",
+            [job_id, state],
+        )
+    connection.commit()
+    connection.close()
+
+    store = Store.open(path)
+    assert store.get_job("j1").delivered_at is not None
+    assert store.get_job("j2").delivered_at is None
+    assert store.undelivered_jobs() == []
+    store.finish_job("j2", "failed", "boom")
+    assert [job.id for job in store.undelivered_jobs()] == ["j2"]
+    store.mark_delivered("j2")
+    assert store.undelivered_jobs() == []
+    store.close()
+
+
+def test_an_upload_leaves_in_the_transaction_that_records_its_job(store: Store) -> None:
+    upload = store.uploads.add(
+        "u1", PLACE, ANN, "make it blue", source="https://cdn/x.png", reply_context={"channel_id": "20"}
+    )
+    assert store.uploads.all() == [upload]
+    assert upload.place == PLACE
+    assert upload.reply_context == {"channel_id": "20"}
+    job = store.add_job(
+        kind="start",
+        place=PLACE,
+        requester=ANN,
+        instruction="make it blue",
+        settings=EditSettings(),
+        seed=7,
+        input_png=png(),
+        input_size=(16, 8),
+        reply_context={},
+        upload_id=upload.id,
+    )
+    assert store.uploads.all() == []
+    assert (job.id, job.state) == ("u1", "queued")
+    other = store.uploads.add("u2", PLACE, BOB, "add a hat", source="https://cdn/y.png", reply_context={})
+    store.uploads.delete(other.id)
+    assert store.uploads.all() == []

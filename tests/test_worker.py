@@ -146,11 +146,46 @@ async def test_global_cap_counts_waiting_jobs_and_frees_up_on_cancel(make_worker
     worker.submit("y", "yann", request("y"))
     worker.submit("z", "zoe", request("z"))
 
-    with pytest.raises(QueueFull, match=r"very busy.*2 edits are waiting.*try again") as refused:
+    with pytest.raises(QueueFull, match=r"very busy.*2 people are waiting.*try again") as refused:
         worker.submit("w", "will", request("w"))
     assert isinstance(refused.value, WorkerRejected)
     assert worker.cancel("y")
     assert worker.submit("w", "will", request("w")).latest.queue_position == 2
+    editor.release("x")
+
+
+async def test_a_newcomer_is_admitted_while_others_hold_several_slots(make_worker, editor):
+    """max_queue counts people; a person's further jobs only use the queue while it is short."""
+    worker = await make_worker(max_queue=4, per_user_cap=3)
+    editor.hold("x")
+    worker.submit("x", "xavier", request("x"))
+    await until(lambda: worker.running_job_id == "x")
+    worker.submit("a1", "alice", request("a1"))
+    worker.submit("a2", "alice", request("a2"))  # 1 waiting < 4 * 2/3: a second one fits
+    worker.submit("b1", "bob", request("b1"))
+    with pytest.raises(QueueFull, match=r"each person can have 1 edit waiting\. .*once yours has started"):
+        worker.submit("b2", "bob", request("b2"))  # 3 waiting: the queue is too busy for seconds
+    for name, person in (("c1", "carol"), ("d1", "dave")):
+        worker.submit(name, person, request(name))  # nothing waiting yet: admitted
+    assert worker.queue_depth == 5
+    with pytest.raises(QueueFull, match=r"very busy right now \(4 people are waiting\)"):
+        worker.submit("e1", "erin", request("e1"))
+    with pytest.raises(QueueFull, match=r"each person can have 2 edits waiting"):
+        worker.submit("a3", "alice", request("a3"))
+    editor.release("x")
+
+
+async def test_refusals_say_when_to_try_again_once_edits_have_been_timed(make_worker, editor):
+    worker = await make_worker(max_queue=1, per_user_cap=1)
+    await worker.submit("warm", "alice", request("warm")).result()
+    editor.hold("x")
+    worker.submit("x", "xavier", request("x"))
+    await until(lambda: worker.running_job_id == "x")
+    worker.submit("y", "yann", request("y"))
+    with pytest.raises(UserLimitReached, match=r"wait for one to finish \(in about 10 seconds\)"):
+        worker.check_admission("yann")
+    with pytest.raises(QueueFull, match=r"Please try again in about 10 seconds\."):
+        worker.check_admission("zoe")
     editor.release("x")
 
 

@@ -103,6 +103,7 @@ class EditBot(commands.Bot):
         self.service.add_listener(self.relay.recovered)
         await self.service.start()
         self._service_started = True
+        await self.relay.resume_uploads()
         if self.ops is not None:
             try:
                 await self.ops.start()

@@ -97,17 +97,19 @@ class EditCommands(commands.Cog):
     @app_commands.command(name="help", description="How to edit images with this bot")
     async def help(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_message(
-            render.help_text(self.message_content), ephemeral=True, allowed_mentions=NO_MENTIONS
+            render.fit(render.help_text(self.message_content)), ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     def _settings_summary(self, interaction: discord.Interaction) -> str:
         assert interaction.guild_id is not None
         place = _settings_place(interaction)
-        return render.settings_text(
-            self.service.channel_settings(place),
-            self.service.channel_policy(place),
-            self.preferences.edit_channels(interaction.guild_id),
-            self.preferences.safety_check(interaction.guild_id),
+        return render.fit(
+            render.settings_text(
+                self.service.channel_settings(place),
+                self.service.channel_policy(place),
+                self.preferences.edit_channels(interaction.guild_id),
+                self.preferences.safety_check(interaction.guild_id),
+            )
         )
 
     @settings.command(name="show", description="Show this channel's settings")
@@ -219,7 +221,10 @@ class EditCommands(commands.Cog):
     async def settings_safety(self, interaction: discord.Interaction, *, enabled: bool) -> None:
         assert interaction.guild_id is not None
         if self.preferences.safety_check(interaction.guild_id) is None:
-            raise BadRequest("This bot has no safety checker configured, so it cannot be switched on here.")
+            raise BadRequest(
+                "This bot has no safety checker (its `discord.safety_model` is empty), so results "
+                "can't be checked here. Ask the bot's operator to configure one."
+            )
         self.preferences.set_safety_check(interaction.guild_id, enabled)
         state = "on" if enabled else "off"
         await interaction.response.send_message(

@@ -1,10 +1,12 @@
-"""Following a job from its queueing to its posted result.
+"""Following a job from its queueing to its posted result, and delivering what a crash left.
 
 A request is first answered with a status message (:class:`Received`); then the job is
-submitted with a ``reply_context`` naming where to report (:class:`Destination`), its
-status message is edited as it moves (``status.py``), and its result is posted as a reply
-with its buttons, or the status message turned into the reason it failed. The reply context
-lets a job recovered after a restart report to the same place.
+submitted with a ``reply_context`` naming where to report (:class:`Destination`), its status
+message follows it through the :class:`~handlers.discord.status.StatusBoard`, and its result is
+posted as a reply with its buttons, or the status turned into the reason it failed. Only then
+is the job marked delivered (``EditService.outbox``): a job a crash left undelivered comes back
+at start-up, and is delivered then (its result posted unless a message already shows it, its
+status finished). The reply context is what lets that happen after a restart.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +26,9 @@ from handlers.discord.errors import NO_MENTIONS, user_message
 from handlers.discord.links import Links
 from handlers.discord.moderation import SafetyChecker
 from handlers.discord.preferences import TRANSPORT, Preferences, channel_place
-from handlers.discord.status import ChannelStatus, StatusMessage, StatusUpdater
+from handlers.discord.status import ChannelStatus, StatusBoard, StatusMessage
 from handlers.discord.views import cancel_view, pick_view, result_view
-from sessions import Author, EditCancelled, EditService, Ticket, VariationSet, Version
+from sessions import Author, EditCancelled, EditService, Job, Place, Postponed, Ticket, VariationSet, Version
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,11 @@ class Destination:
     guild_id: int | None
     reply_to: int | None
     status_message_id: int | None
+
+    @property
+    def place(self) -> Place:
+        """The place requests from here are made in (the server, or the private chat)."""
+        return channel_place(self.guild_id, self.channel_id)
 
     def to_context(self) -> dict[str, Any]:
         return {
@@ -77,15 +84,12 @@ class Received:
     instruction: str
     status: StatusMessage
     destination: Destination
-
-    async def fail(self, error: BaseException) -> None:
-        """The status message says why the request ends here (no job was queued)."""
-        reason = user_message(error)
-        await self.status.edit(render.failed_text(self.author.id, self.instruction, reason), None)
+    #: The id its job will have (the status's Cancel button names it from the start).
+    job_id: str
 
 
 class Delivery:
-    """Submits jobs, follows each on its own task, and posts the results."""
+    """Submits jobs, follows each on its own task, posts the results and marks them delivered."""
 
     def __init__(
         self,
@@ -102,31 +106,51 @@ class Delivery:
         self._links = links
         self._preferences = preferences
         self._safety = safety
-        self._progress_interval_s = progress_interval_s
+        #: Every status edit of the bot goes through it (Discord's per-channel budget).
+        self.board = StatusBoard(progress_interval_s)
         self._followers: set[asyncio.Task[None]] = set()
 
-    async def submit(self, received: Received, request: Callable[..., Ticket], *args: Any) -> None:
-        """``request(*args, reply_context=...)`` queues the job; a refusal (full queue, per-user cap,
-        bad image) becomes the status text, else the job is followed."""
+    async def fail(self, received: Received, error: BaseException) -> None:
+        """The status message says why the request ends here (no job was queued)."""
+        author, instruction = received.author.id, received.instruction
+        if isinstance(error, EditCancelled):  # cancelled while its image was on its way
+            text = render.cancelled_text(author, instruction)
+        else:
+            text = render.failed_text(author, instruction, user_message(error))
+        await self.board.finish(received.status, text)
+
+    async def submit(
+        self, received: Received, request: Callable[..., Awaitable[Ticket[Any]]], *args: Any, **kwargs: Any
+    ) -> None:
+        """``await request(*args, reply_context=..., job_id=..., **kwargs)`` queues the job (a new
+        conversation's ``upload_id`` is its job id); a refusal (full queue, per-user cap, bad image)
+        becomes the status text (and a recorded upload is then dropped), else the job is followed."""
+        if "upload_id" not in kwargs:
+            kwargs["job_id"] = received.job_id
         try:
-            ticket = request(*args, reply_context=received.destination.to_context())
+            ticket = await request(*args, reply_context=received.destination.to_context(), **kwargs)
         except Exception as error:
-            await received.fail(error)
+            await self.fail(received, error)
+            if kwargs.get("upload_id") is not None:
+                await self._service.outbox.drop_upload(kwargs["upload_id"])
             return
         self._spawn(self.follow(ticket, received.status, received.destination))
 
-    def recovered(self, ticket: Ticket) -> None:
-        """A job recovered after a restart: follow it to the place its reply context names."""
+    def recovered(self, ticket: Ticket[Any]) -> None:
+        """A job a restart left undelivered: follow it to the place its reply context names."""
         destination = Destination.from_context(ticket.job.reply_context)
         if destination is None:
             return
-        if destination.status_message_id is None:
-            log.warning(
-                "recovered job %s has no status message; its result will still be posted", ticket.job_id
+        status = None
+        if destination.status_message_id is not None:
+            status = ChannelStatus(
+                self._bot, destination.channel_id, destination.status_message_id, destination.guild_id
             )
-        status_id = destination.status_message_id or 0
-        status = ChannelStatus(self._bot, destination.channel_id, status_id, destination.guild_id)
-        self._spawn(self.follow(ticket, status, destination, has_status=status_id != 0))
+        self._spawn(self.follow(ticket, status, destination))
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a delivery on its own task, which :meth:`close` lets finish."""
+        self._spawn(coroutine)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -134,22 +158,24 @@ class Delivery:
         task.add_done_callback(self._followers.discard)
 
     async def follow(
-        self, ticket: Ticket, status: StatusMessage, destination: Destination, *, has_status: bool = True
+        self, ticket: Ticket[Any], status: StatusMessage | None, destination: Destination
     ) -> None:
-        """Show the job's progress on its status message, then post its result and the final text."""
+        """Show the job's progress on its status, post its result, finish the status, mark it delivered."""
         job = ticket.job
-        updater = StatusUpdater(status, self._progress_interval_s)
-        watcher = asyncio.create_task(self._watch(ticket, updater)) if has_status else None
-        started = time.monotonic()
+        watcher = asyncio.create_task(self._watch(ticket, status)) if status is not None else None
+        postponed = False
         try:
             made = await ticket.result()
+        except Postponed as error:
+            postponed = True  # still queued: the next start follows it again
+            final = render.failed_text(job.requester_id, job.instruction, user_message(error))
         except EditCancelled:
             final = render.cancelled_text(job.requester_id, job.instruction)
         except Exception as error:
             final = render.failed_text(job.requester_id, job.instruction, user_message(error))
         else:
             try:
-                final = await self._deliver(made, destination, job.requester_id, job.instruction, started)
+                final = await self._deliver(made, destination, job)
             except Exception as error:
                 final = render.failed_text(job.requester_id, job.instruction, user_message(error))
         finally:
@@ -162,31 +188,26 @@ class Delivery:
                 except Exception:
                     # Progress is a courtesy: the final text below must still be shown.
                     log.exception("following the progress of job %s failed", job.id)
-        if has_status:
-            await updater.finish(final)
+        shown = status is None or await self.board.finish(status, final)
+        if shown and not postponed:
+            await self._service.outbox.mark_delivered(job.id)
 
-    async def _watch(self, ticket: Ticket, updater: StatusUpdater) -> None:
+    async def _watch(self, ticket: Ticket[Any], status: StatusMessage) -> None:
         job = ticket.job
         view = cancel_view(job.id)
         async for progress in ticket.progress():
             if not progress.final:
                 text = render.status_text(progress, job.requester_id, job.instruction)
-                updater.show(text, view, progress.preview)
+                self.board.show(status, text, view, progress.preview)
 
-    async def _deliver(
-        self,
-        made: Version | VariationSet,
-        destination: Destination,
-        requester_id: str,
-        instruction: str,
-        started: float,
-    ) -> str:
-        """Post the result or the grid of variations (after the safety check, when on); the
-        status message's final text."""
+    async def _deliver(self, made: Version | VariationSet, destination: Destination, job: Job) -> str:
+        """Post the result or the grid of variations (after the safety check, when on), unless a
+        message already shows the result; the status message's final text."""
+        requester_id, instruction, place = job.requester_id, job.instruction, destination.place
         if isinstance(made, VariationSet):
-            png = self._service.variation_grid(made.job_id)
+            png = await self._service.variation_grid(made.job_id, place=place)
         else:
-            png = self._service.image_png(made.id)
+            png = self._service.image_png(made.id, place=place)
         if self._preferences.safety_check(destination.guild_id):
             if self._safety is None:
                 return render.failed_text(requester_id, instruction, CHECK_FAILED)
@@ -200,12 +221,12 @@ class Delivery:
                 return render.failed_text(requester_id, instruction, WITHHELD)
         if isinstance(made, VariationSet):
             await self.send_variations(destination, made, png)
-        else:
+        elif not self._service.outbox.is_posted(TRANSPORT, made.id):
             await self.send_version(destination, made, lambda note: render.result_text(made, note))
             self._preferences.remember_latest(
                 channel_place(destination.guild_id, destination.channel_id), made.id
             )
-        return render.done_text(requester_id, instruction, time.monotonic() - started)
+        return render.done_text(requester_id, instruction, time.time() - job.created_at)
 
     def _channel_and_reference(
         self, destination: Destination
@@ -226,7 +247,7 @@ class Delivery:
         channel, reference = self._channel_and_reference(destination)
         fitted = await fit_image(grid, self._upload_limit(destination.guild_id), f"variations-{made.job_id}")
         await channel.send(
-            render.variations_text(made, fitted.note),
+            render.fit(render.variations_text(made, fitted.note)),
             file=discord.File(io.BytesIO(fitted.data), fitted.filename),
             view=pick_view(made.job_id, len(made.variations)),
             reference=reference,  # type: ignore[arg-type]
@@ -245,7 +266,7 @@ class Delivery:
 
         async def send(fitted: render.FittedImage) -> discord.Message:
             return await channel.send(
-                text_for(fitted.note),
+                render.fit(text_for(fitted.note)),
                 file=discord.File(io.BytesIO(fitted.data), fitted.filename),
                 # discord.py's overloads of send() leave out the None (no buttons, no reply) it takes.
                 view=result_view(version),  # type: ignore[arg-type]
@@ -253,7 +274,7 @@ class Delivery:
                 allowed_mentions=NO_MENTIONS,
             )
 
-        png = self._service.image_png(version.id)
+        png = self._service.image_png(version.id, place=destination.place)
         stem = f"edit-{version.id}"
         async with self._links.posting_in(destination.channel_id):
             fitted = await fit_image(png, self._upload_limit(destination.guild_id), stem)
@@ -270,13 +291,17 @@ class Delivery:
         return guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 
     async def close(self, grace_s: float = 10.0) -> None:
-        """Let followers finish reporting (the stopped service ends their jobs), then stop them."""
+        """Let followers finish reporting (the stopped service ends their jobs), then stop them.
+
+        Whatever they could not finish stays undelivered, for the next start.
+        """
         if self._followers:
             _, pending = await asyncio.wait(set(self._followers), timeout=grace_s)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        await self.board.close()
         if self._safety is not None:
             self._safety.close()
 
@@ -291,7 +316,7 @@ async def respond_with_image(
     """Turn a deferred interaction's answer into ``text`` with the image, fitted to its upload limit."""
     fitted = await fit_image(png, interaction.filesize_limit, stem)
     return await interaction.edit_original_response(
-        content=with_note(text, fitted.note),
+        content=render.with_note(text, fitted.note),
         attachments=[discord.File(io.BytesIO(fitted.data), fitted.filename)],
         view=view,
         allowed_mentions=NO_MENTIONS,
@@ -303,7 +328,3 @@ async def fit_image(png: bytes, limit: int, stem: str) -> render.FittedImage:
     if len(png) <= limit:
         return render.fit_image(png, limit, stem)
     return await asyncio.to_thread(render.fit_image, png, limit, stem)
-
-
-def with_note(text: str, note: str) -> str:
-    return f"{text}\n-# {note}" if note else text

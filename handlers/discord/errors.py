@@ -23,6 +23,7 @@ import logging
 import discord
 from discord import app_commands
 
+from handlers.discord import render
 from sessions import EditCancelled, InvalidInput, UserError
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,20 @@ def user_message(error: BaseException) -> str:
 
 
 async def report(target: discord.Interaction | discord.Message, error: BaseException) -> None:
-    """Tell the user about ``error``: privately for interactions, as a reply for messages."""
-    text = "⚠️ " + user_message(error)
+    """Tell the user about ``error``: privately for interactions, as a reply for messages.
+
+    An interaction already deferred ("thinking…") has its placeholder turned into the answer.
+    """
+    text = render.fit("⚠️ " + user_message(error))
     try:
         if isinstance(target, discord.Interaction):
-            if target.response.is_done():
+            response = target.response
+            if response.type == discord.InteractionResponseType.deferred_channel_message:
+                await target.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+            elif response.is_done():
                 await target.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
             else:
-                await target.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+                await response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
         else:
             await target.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
     except discord.HTTPException as failure:

@@ -6,18 +6,20 @@ calls these in order and lets the error policy (``errors.py``) answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
+import aiohttp
 import discord
 
 from handlers.discord import render
 from handlers.discord.errors import BadRequest
 from handlers.discord.moderation import InstructionFilter
 from handlers.discord.preferences import Preferences, channel_place
-from sessions import Author, LimitsConfig, Place
+from sessions import Author, LimitsConfig, Place, normalise_instruction
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def check_image(attachment: discord.Attachment, limits: LimitsConfig) -> discord
     """The attachment, when it is an image small enough to edit."""
     if not is_image(attachment):
         raise BadRequest(
-            f"`{discord.utils.escape_markdown(attachment.filename)}` is not an image I can edit. "
+            f"{render.quote(attachment.filename, 60)} is not an image I can edit. "
             "Please attach a PNG, JPEG, WebP or GIF."
         )
     if attachment.size > limits.max_input_bytes:
@@ -58,21 +60,45 @@ def image_of(attachments: Sequence[discord.Attachment], limits: LimitsConfig) ->
     return check_image(next((a for a in attachments if is_image(a)), attachments[0]), limits)
 
 
-def instruction_of(text: str, instruction_filter: InstructionFilter) -> str:
-    """The instruction with its spaces tidied, when there is one and moderation lets it through."""
-    instruction = " ".join(text.split())
-    if not instruction:
+def instruction_of(text: str, instruction_filter: InstructionFilter, check: Callable[[str], str]) -> str:
+    """The instruction as the engine reads it (``check``: normalised, not too long), when there is
+    one and moderation lets it through. An instruction of invisible characters is none."""
+    if not normalise_instruction(text):
         raise BadRequest(NO_INSTRUCTION)
+    instruction = check(text)
     instruction_filter.check(instruction)
     return instruction
 
 
-async def download(attachment: discord.Attachment) -> bytes:
+async def download(client: discord.Client, url: str, timeout_s: float) -> bytes:
+    """An attachment's bytes from Discord's file server; every way that can fail becomes a
+    :class:`BadRequest` saying what happened."""
     try:
-        return await attachment.read()
-    except discord.HTTPException as error:
-        log.warning("downloading attachment %s failed: %s", attachment.id, error)
-        raise BadRequest("I couldn't download that image from Discord; please upload it again.") from error
+        async with asyncio.timeout(timeout_s):
+            return await client.http.get_from_cdn(url)
+    except (discord.HTTPException, aiohttp.ClientError, OSError) as error:  # OSError: timeouts too
+        log.warning("downloading %s failed: %r", url, error)
+        problem = _what_went_wrong(error, timeout_s)
+        raise BadRequest(f"I couldn't download your image: {problem}. Please post it again.") from error
+
+
+def _what_went_wrong(error: BaseException, timeout_s: float) -> str:
+    if isinstance(error, TimeoutError):
+        return f"it didn't arrive within {timeout_s:g} seconds"
+    if isinstance(error, discord.NotFound | discord.Forbidden):
+        return "Discord no longer offers it (the link expired or the message was deleted)"
+    if isinstance(error, discord.HTTPException):
+        return f"Discord's file server answered with an error ({error.status})"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, ConnectionRefusedError):
+            return "the connection was refused"
+        return "Discord's file server could not be reached"
+    if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "the connection was closed before all of it arrived"
+    causes = (error, getattr(error, "os_error", None), error.__cause__)
+    if any(isinstance(cause, ConnectionResetError) for cause in causes):
+        return "the connection was reset"
+    return "the network failed"
 
 
 def author_of_message(message: discord.Message) -> Author:

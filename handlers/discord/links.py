@@ -18,7 +18,7 @@ from sessions import EditService, Version
 
 #: How long a reply to a message the bot is still posting waits for it to be linked.
 LINK_WAIT_S = 10.0
-#: The same wait for an interaction, which must be answered within 3 s.
+#: The same wait for an interaction (after it has been answered or deferred).
 INTERACTION_LINK_WAIT_S = 2.0
 
 

@@ -11,6 +11,7 @@ import asyncio
 import io
 import re
 import threading
+import unicodedata
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,8 +24,26 @@ BLOCKED = (
 )
 
 
+#: Letters of other scripts that look like Latin ones (after case folding), as people use them
+#: to slip a blocked word past a filter: Cyrillic and Greek look-alikes.
+_LOOKALIKES = str.maketrans(
+    "аеорсухіјѕԁһӏԛԝкмтвнпьαβεικνορτυχγηζμω",
+    "aeopcyxijsdhlqwkmtbhnbabeikvoptuxyhzmw",
+)
+
+
+def skeleton(text: str) -> str:
+    """How ``text`` reads to the eye: case folded, accents dropped, look-alike letters made Latin."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).translate(_LOOKALIKES)
+
+
 class InstructionFilter:
-    """Refuses instructions containing a blocked word (whole word, any case) or matching a pattern."""
+    """Refuses instructions containing a blocked word (whole word, any case) or matching a pattern.
+
+    Instructions arrive normalised (``normalise_instruction``: no zero-width characters, NFKC);
+    each is checked as written and as its :func:`skeleton`, so look-alike letters don't help.
+    """
 
     def __init__(self, words: Iterable[str], patterns: Iterable[str]) -> None:
         alternatives = [re.escape(word.strip()) for word in words if word.strip()]
@@ -35,10 +54,11 @@ class InstructionFilter:
 
     def check(self, instruction: str) -> None:
         """Raise :class:`BadRequest` (with a message for the user) when the instruction is blocked."""
-        if self._words is not None and self._words.search(instruction):
-            raise BadRequest(BLOCKED)
-        if any(pattern.search(instruction) for pattern in self._patterns):
-            raise BadRequest(BLOCKED)
+        for reading in {instruction, skeleton(instruction)}:
+            if self._words is not None and self._words.search(reading):
+                raise BadRequest(BLOCKED)
+            if any(pattern.search(reading) for pattern in self._patterns):
+                raise BadRequest(BLOCKED)
 
 
 class SafetyChecker:

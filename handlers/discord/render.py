@@ -103,9 +103,7 @@ def result_text(version: Version, note: str = "") -> str:
     understood = understood_line(version)
     if understood:
         lines.append(understood)
-    if note:
-        lines.append(f"-# {note}")
-    return _fit_content("\n".join(lines))
+    return with_note("\n".join(lines), note)
 
 
 def variations_text(made: VariationSet, note: str = "") -> str:
@@ -121,7 +119,7 @@ def variations_text(made: VariationSet, note: str = "") -> str:
         lines.append(f"{variation.number}. strength {strength:g}: {quote(before, 120)} → {quote(after, 120)}")
     if note:
         lines.append(f"-# {note}")
-    return _fit_content("\n".join(lines))
+    return fit("\n".join(lines))
 
 
 def undo_text(version: Version, undone: Version, clicker_id: str) -> str:
@@ -131,7 +129,7 @@ def undo_text(version: Version, undone: Version, clicker_id: str) -> str:
         if version.is_original
         else f"the version from {quote(version.instruction or '')}"
     )
-    return _fit_content(
+    return fit(
         f"↩️ <@{clicker_id}> undid {quote(undone.instruction or '')}: here is {what} again. "
         "Reply to this message to edit from here."
     )
@@ -186,7 +184,7 @@ def history_text(versions: Sequence[Version], limit: int) -> str:
             lines.append(f"{number}. original, uploaded by <@{version.author_id}>")
         else:
             lines.append(f"{number}. {quote(version.instruction or '', 80)} by <@{version.author_id}>")
-    return _fit_content("\n".join(lines))
+    return fit("\n".join(lines))
 
 
 def help_text(message_content: bool) -> str:
@@ -300,8 +298,20 @@ def fit_image(png: bytes, limit: int, stem: str) -> FittedImage:
         image = image.resize((width, height), Image.Resampling.LANCZOS)
 
 
-def _fit_content(text: str) -> str:
-    return text if len(text) <= MAX_CONTENT else text[: MAX_CONTENT - 1] + "…"
+def fit(text: str, tail: str = "") -> str:
+    """``text`` + ``tail`` within Discord's content limit: the one place every outgoing text passes.
+
+    The text is cut (with an ellipsis) so the ``tail`` (a note, a hint) always shows whole.
+    """
+    room = MAX_CONTENT - len(tail)
+    if len(text) > room:
+        text = text[: max(0, room - 1)] + "…"
+    return (text + tail)[:MAX_CONTENT]
+
+
+def with_note(text: str, note: str) -> str:
+    """A text with a small-print note under it (the note is kept when the text is cut)."""
+    return fit(text, f"\n-# {note}") if note else fit(text)
 
 
 def _field(text: str) -> str:

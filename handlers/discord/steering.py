@@ -16,10 +16,12 @@ from handlers.discord.delivery import Delivery, Received, respond_with_image
 from handlers.discord.errors import NO_MENTIONS, BadRequest
 from handlers.discord.links import Links
 from handlers.discord.views import FixCaptionsModal, result_view
-from sessions import Author, EditService, Version
+from sessions import Author, EditService, Place, Version
 
 #: Answers an interaction with a job's status message (``Relay._respond_received``).
 Respond = Callable[[discord.Interaction, Author, str], Awaitable[Received]]
+#: Where an interaction's request is made (``Relay.place_of``): the service checks against it.
+PlaceOf = Callable[[discord.Interaction], Place]
 #: Buttons anyone may press even where only the requester may steer: they change nothing.
 READ_ONLY = frozenset({"captions"})
 
@@ -27,11 +29,14 @@ READ_ONLY = frozenset({"captions"})
 class Steering:
     """Fix captions, Variations and their picks, Delete, and who may press a result's buttons."""
 
-    def __init__(self, service: EditService, delivery: Delivery, links: Links, respond: Respond) -> None:
+    def __init__(
+        self, service: EditService, delivery: Delivery, links: Links, respond: Respond, place_of: PlaceOf
+    ) -> None:
         self._service = service
         self._delivery = delivery
         self._links = links
         self._respond = respond
+        self._place_of = place_of
 
     def check_may_press(self, author: Author, version: Version, action: str) -> None:
         """Where the channel keeps buttons to the requester, refuse anyone else but moderators."""
@@ -50,21 +55,26 @@ class Steering:
     async def variations(self, interaction: discord.Interaction, version: Version) -> None:
         """The Variations button: alternatives of this edit, posted as one numbered grid."""
         author = intake.author_of_interaction(interaction)
+        self._service.check_admission(author)
         received = await self._respond(interaction, author, version.instruction or "")
-        await self._delivery.submit(received, self._service.variations, version.id, author)
+        place = self._place_of(interaction)
+        await self._delivery.submit(received, self._service.variations, version.id, author, place=place)
 
     async def pick(self, interaction: discord.Interaction, job_id: str, number: int) -> None:
         """A number under a grid: that variation becomes a version, posted with its buttons."""
-        made = self._service.variation_set(job_id)
+        place = self._place_of(interaction)
+        made = self._service.variation_set(job_id, place=place)
         author = intake.author_of_interaction(interaction)
-        source = self._service.get_version(made.source_version_id)
+        source = self._service.get_version(made.source_version_id, place=place)
         self._check_requester(author, made.requester_id, source)
-        version = self._service.pick_variation(job_id, number, author)
         await interaction.response.defer(thinking=True)
+        version = await self._service.pick_variation(job_id, number, author, place=place)
         assert interaction.channel_id is not None
         async with self._links.posting_in(interaction.channel_id):
-            png = self._service.image_png(version.id)
-            text = f"{render.result_text(version)}\n-# variation {number}, picked by <@{author.id}>"
+            png = self._service.image_png(version.id, place=place)
+            text = render.with_note(
+                render.result_text(version), f"variation {number}, picked by <@{author.id}>"
+            )
             shown = await respond_with_image(
                 interaction, png, f"edit-{version.id}", text, result_view(version)
             )
@@ -81,17 +91,20 @@ class Steering:
     ) -> None:
         """Bad captions are refused in the modal's reply (nothing queued); good ones re-run the edit."""
         before_lines, after_lines = before.splitlines(), after.splitlines()
-        self._service.check_fix(version_id, before_lines, after_lines)
-        version = self._service.get_version(version_id)
+        place = self._place_of(interaction)
+        self._service.check_fix(version_id, before_lines, after_lines, place=place)
+        version = self._service.get_version(version_id, place=place)
         author = intake.author_of_interaction(interaction)
+        self._service.check_admission(author)
         received = await self._respond(interaction, author, version.instruction or "")
         await self._delivery.submit(
-            received, self._service.fix_captions, version_id, author, before_lines, after_lines
+            received, self._service.fix_captions, version_id, author, before_lines, after_lines, place=place
         )
 
     async def delete(self, interaction: discord.Interaction, version: Version) -> None:
         """The Delete button: the message goes, the version stays in the tree marked deleted."""
-        self._service.delete_version(version.id, intake.author_of_interaction(interaction))
+        author = intake.author_of_interaction(interaction)
+        self._service.delete_version(version.id, author, place=self._place_of(interaction))
         await interaction.response.send_message(
             "🗑️ Deleted. Edits made from it are kept.", ephemeral=True, allowed_mentions=NO_MENTIONS
         )

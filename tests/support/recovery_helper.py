@@ -32,14 +32,19 @@ def picture() -> bytes:
     return buffer.getvalue()
 
 
+PLACE = Place("discord", "1", "2")
+
+
 async def crash_mid_edit(service: EditService, editor: StandInEditor) -> None:
-    first = await service.start_edit(Place("discord", "1", "2"), ANN, picture(), "make it snowy").result()
+    ticket = await service.start_edit(PLACE, ANN, picture(), "make it snowy")
+    first = await ticket.result()
+    await service.outbox.mark_delivered(ticket.job_id)
     editor.hold("add a hat")
-    hat = service.continue_edit(first.id, ANN, "add a hat", reply_context={"message": 10})
+    hat = await service.continue_edit(first.id, ANN, "add a hat", place=PLACE, reply_context={"message": 10})
     async for update in hat.progress():  # running, so the scarf surely waits behind it
         if update.state == "running":
             break
-    service.continue_edit(first.id, BOB, "add a scarf", reply_context={"message": 11})
+    await service.continue_edit(first.id, BOB, "add a scarf", place=PLACE, reply_context={"message": 11})
     await asyncio.Event().wait()  # until killed
 
 
@@ -54,6 +59,13 @@ async def report(ticket: Ticket) -> dict[str, str]:
     return line | {"outcome": "done", "version": version.id}
 
 
+async def deliver(service: EditService, ticket: Ticket) -> dict[str, str]:
+    """Report a recovered job's outcome, as a transport would, and mark it delivered."""
+    line = await report(ticket)
+    await service.outbox.mark_delivered(ticket.job_id)
+    return line
+
+
 async def resume(service: EditService) -> None:
     """Print each recovered job's outcome; a held one keeps this waiting until killed."""
     recovered: list[Ticket] = []
@@ -63,7 +75,7 @@ async def resume(service: EditService) -> None:
 
     service.add_listener(listener)
     await service.start()
-    for line in await asyncio.gather(*(report(ticket) for ticket in recovered)):
+    for line in await asyncio.gather(*(deliver(service, ticket) for ticket in recovered)):
         print(json.dumps(line), flush=True)
 
 

@@ -21,6 +21,8 @@ from tests.support.discord.wire import buttons
 
 ROOT = Path(__file__).resolve().parents[3]
 LAUNCHER = Path(__file__).resolve().parent / "launcher.py"
+#: The bot with the stand-in editor (starts in a second; see ``stub_bot.py``).
+STUB_BOT = Path(__file__).resolve().parent / "stub_bot.py"
 
 
 def png_bytes(color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (48, 40)) -> bytes:
@@ -59,12 +61,14 @@ class BotProcess:
         script: Path = ROOT / "bot.py",
         *,
         verbose: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.verbose = verbose
         self.fake = fake
         self.config = config
         self.log_path = log_path
         self.script = script
+        self.env = env or {}
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, within: float = 120.0) -> None:
@@ -75,6 +79,7 @@ class BotProcess:
             # One thread: several OpenMP threads on busy shared cores run many times slower.
             OMP_NUM_THREADS="1",
             TOKENIZERS_PARALLELISM="false",
+            **self.env,
         )
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(

@@ -16,6 +16,9 @@ from aiohttp import web
 
 from tests.support.discord.wire import Record, json_response
 
+#: The ``status`` of a rule whose calls get no answer at all (the request hangs).
+HANG = 0
+
 
 @dataclass
 class FailureRule:
@@ -25,6 +28,8 @@ class FailureRule:
     remaining: int
     retry_after: float
     body: dict[str, Any] | None
+    #: Only calls whose (JSON body, uploaded files) pass this are affected.
+    when: Callable[[Any, tuple[Any, ...]], bool] | None = None
 
 
 class Journal:
@@ -34,6 +39,8 @@ class Journal:
         self.log: list[Record] = []
         self._log_changed = asyncio.Condition()
         self._failures: list[FailureRule] = []
+        #: What hanging calls wait for (never set: they hang until the fake stops).
+        self._never = asyncio.Event()
 
     async def record(self, record: Record) -> None:
         """Log a snapshot: the stored message keeps changing as the bot edits it."""
@@ -96,17 +103,36 @@ class Journal:
         times: int = 1,
         retry_after: float = 0.05,
         body: dict[str, Any] | None = None,
+        when: Callable[[Any, tuple[Any, ...]], bool] | None = None,
     ) -> None:
-        """Answer the next ``times`` matching REST calls with ``status`` (429s carry Via + retry_after)."""
+        """Answer the next ``times`` matching REST calls with ``status`` (429s carry Via +
+        retry_after; :data:`HANG` never answers); ``when`` narrows them by body and files."""
         self._failures.append(
-            FailureRule(method.upper(), re.compile(path_pattern), status, times, retry_after, body)
+            FailureRule(method.upper(), re.compile(path_pattern), status, times, retry_after, body, when)
         )
 
-    def failure_for(self, method: str, path: str) -> web.Response | None:
-        """The injected answer to this call, if one is due (counted as used)."""
+    def clear_failures(self) -> None:
+        """Forget the failures still to inject (say, before the bot starts again)."""
+        self._failures.clear()
+
+    async def hang(self) -> None:
+        await self._never.wait()
+
+    def failure_for(
+        self, method: str, path: str, body: Any = None, files: tuple[Any, ...] = ()
+    ) -> web.Response | None:
+        """The injected answer to this call, if one is due (counted as used); a response with
+        status :data:`HANG` means: don't answer."""
         for rule in self._failures:
-            if rule.remaining > 0 and rule.method in (method, "*") and rule.pattern.search(path):
+            if (
+                rule.remaining > 0
+                and rule.method in (method, "*")
+                and rule.pattern.search(path)
+                and (rule.when is None or rule.when(body, files))
+            ):
                 rule.remaining -= 1
+                if rule.status == HANG:
+                    return web.Response(status=HANG)
                 if rule.status == 429:
                     body = rule.body or {
                         "message": "You are being rate limited.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from tests.support.discord.gateway import Gateway
@@ -30,8 +31,13 @@ class People:
         reply_to: dict[str, Any] | None = None,
         mention_bot: bool = False,
         reply_ping: bool = True,
+        download_faults: tuple[str, ...] = (),
     ) -> dict[str, Any]:
-        """A user posts a message: stored, then sent to the bot as MESSAGE_CREATE."""
+        """A user posts a message: stored, then sent to the bot as MESSAGE_CREATE.
+
+        ``download_faults`` is what the bot's downloads of its attachments run into, in order:
+        "hang", "reset", or "refuse" (every download: the link points at a closed port).
+        """
         state = self.state
         user = state.users[author]
         mentions = []
@@ -45,6 +51,11 @@ class People:
         ):
             mentions.append(reply_to["author"])
         attachments = [state.add_attachment(name, data) for name, data in files or []]
+        for attachment in attachments:
+            if "refuse" in download_faults:
+                closed = f"http://127.0.0.1:{_closed_port()}/attachments/{attachment['id']}/x.png"
+                attachment["url"] = attachment["proxy_url"] = closed
+            state.download_faults[attachment["id"]] = [f for f in download_faults if f != "refuse"]
         message = state.message_payload(
             channel_id=channel_id,
             author=user,
@@ -167,13 +178,20 @@ class People:
         await self.gateway.dispatch("INTERACTION_CREATE", payload)
         return payload
 
-    async def click(self, user: str, message: dict[str, Any], custom_id: str) -> dict[str, Any]:
-        """Click the button ``custom_id`` on a bot message (the current stored version of it)."""
+    async def click(
+        self, user: str, message: dict[str, Any], custom_id: str, *, forged_in: str | None = None
+    ) -> dict[str, Any]:
+        """Click the button ``custom_id`` on a bot message (the current stored version of it).
+
+        ``forged_in`` sends the click as if made in that channel: an event real Discord would
+        not deliver, as a hostile client or a bug elsewhere might.
+        """
         current = self.state.messages.get(message["id"], message)
         ids = [c.get("custom_id") for row in current.get("components", []) for c in row.get("components", [])]
         assert custom_id in ids, f"no button {custom_id!r} on message {message['id']}; buttons: {ids}"
         data = {"custom_id": custom_id, "component_type": 2}
-        payload = self._interaction(MESSAGE_COMPONENT, user, current["channel_id"], data, message=current)
+        channel_id = forged_in or current["channel_id"]
+        payload = self._interaction(MESSAGE_COMPONENT, user, channel_id, data, message=current)
         await self.gateway.dispatch("INTERACTION_CREATE", payload)
         return payload
 
@@ -219,3 +237,10 @@ class People:
             payload["message"] = message
         state.interactions[payload["token"]] = Interaction(payload, channel_id)
         return payload
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound a moment ago, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import mimetypes
 import re
+import socket
+import struct
 import time
 
 from aiohttp import web
 
 from tests.support.discord.gateway import Gateway
 from tests.support.discord.interactions import InteractionApi
-from tests.support.discord.journal import Journal
+from tests.support.discord.journal import HANG, Journal
 from tests.support.discord.people import People
 from tests.support.discord.rest import RestApi
 from tests.support.discord.state import DiscordState
@@ -50,6 +52,7 @@ class FakeDiscord(DiscordState):
         self.wait_for_message = self.journal.wait_for_message
         self.records = self.journal.records
         self.fail_next = self.journal.fail_next
+        self.clear_failures = self.journal.clear_failures
         # The bot's connection, and events sent to it.
         self.wait_connected = self.gateway.wait_connected
         self.wait_disconnected = self.gateway.wait_disconnected
@@ -82,7 +85,19 @@ class FakeDiscord(DiscordState):
             await self._runner.cleanup()
 
     async def _serve_attachment(self, request: web.Request) -> web.StreamResponse:
-        data = self.attachments.get(request.match_info["attachment_id"])
+        attachment_id = request.match_info["attachment_id"]
+        await self.journal.record(
+            Record("download", "GET", request.path, None, (), {"id": attachment_id}, time.monotonic())
+        )
+        faults = self.download_faults.get(attachment_id)
+        if faults:
+            fault = faults.pop(0)
+            if fault == "hang":
+                await self.journal.hang()
+            elif fault == "reset":
+                _reset(request)
+                return web.Response(status=500)  # never reaches the bot: the connection is gone
+        data = self.attachments.get(attachment_id)
         if data is None:
             return web.Response(status=404, text="Not found")
         content_type = mimetypes.guess_type(request.match_info["filename"])[0] or "application/octet-stream"
@@ -94,16 +109,28 @@ class FakeDiscord(DiscordState):
         is_webhook = path.startswith(("/webhooks/", "/interactions/"))
         if not is_webhook and request.headers.get("Authorization") != f"Bot {self.token}":
             return error(401, 0, "401: Unauthorized")
-        failure = self.journal.failure_for(method, path)
+        body, files = await read_body(request)
+        failure = self.journal.failure_for(method, path, body, files)
         if failure is not None:
             await self.journal.record(
-                Record("failed", method, path, None, (), {"status": failure.status}, time.monotonic())
+                Record("failed", method, path, body, files, {"status": failure.status}, time.monotonic())
             )
+            if failure.status == HANG:
+                await self.journal.hang()
             return failure
-        body, files = await read_body(request)
         for pattern, route_method, handler in self._routes:
             match = re.fullmatch(pattern, path)
             if match and route_method == method:
                 return await handler(Call(method, request.path, request.query, body, files, match.groups()))
         await self.journal.record(Record("unhandled", method, path, body, files, None, time.monotonic()))
         return error(404, 0, f"404: Not Found ({method} {path})")
+
+
+def _reset(request: web.Request) -> None:
+    """Drop the connection with a TCP reset, as a failing CDN or proxy does."""
+    transport = request.transport
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

@@ -51,6 +51,8 @@ class DiscordState:
         self.interactions: dict[str, Interaction] = {}
         self.commands: dict[str, dict[str, Any]] = {}
         self.reactions: list[tuple[str, str]] = []
+        #: Per attachment id, what its next downloads run into ("hang", "reset"), in order.
+        self.download_faults: dict[str, list[str]] = {}
 
         self.bot_user = self._user("editbot", bot=True)
         self.application_id = self.bot_user["id"]
