@@ -342,6 +342,8 @@ class ConsoleChat(SteeringCommands):
             self._outputs.mkdir(parents=True, exist_ok=True)
             path.write_bytes(self._service.image_png(version.id, place=self._place))
         self._say(f"{verb} version {version.id} ({_describe(version)}): {path}")
+        for note in version.notes:
+            self._say(f"  Note: {note}")
 
     def _current(self) -> Version | None:
         version_id = self._service.channel_options(self._place).get(CURRENT)

@@ -108,6 +108,8 @@ class SteeringCommands:
         for variation in made.variations:
             after = variation.after_captions[0] if variation.after_captions else ""
             self._say(f"  {variation.number}. strength {variation.settings.direction_strength:g}: {after}")
+        for note in dict.fromkeys(text for variation in made.variations for text in variation.notes):
+            self._say(f"  Note: {note}")
         self._say("Type /pick N to keep one.")
 
     async def _pick(self: _Chat, argument: str) -> bool:

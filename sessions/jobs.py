@@ -377,6 +377,7 @@ def _edit_outcome(result: EditResult, request: EditRequest, models: Mapping[str,
         after_captions=tuple(result.after_captions),
         inversion=result.inversion.to_bytes() if inverted_now else None,
         inversion_key=result.inversion.key,
+        notes=result.notes,
     )
 
 
@@ -402,6 +403,7 @@ def _variations_made(
             caption=result.caption,
             before_captions=tuple(result.before_captions),
             after_captions=tuple(result.after_captions),
+            notes=result.notes,
         )
         for result, request in zip(results, requests, strict=True)
     ]

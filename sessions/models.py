@@ -103,6 +103,9 @@ class Version:
     captions_by: CaptionsBy = "model"
     #: When the version's message was deleted; it stays in the tree for its descendants.
     deleted_at: float | None = None
+    #: What the person should know about how the edit read its instruction, in plain words
+    #: (the language model's captions were a fallback, a caption was shortened).
+    notes: tuple[str, ...] = ()
 
     @property
     def is_original(self) -> bool:
@@ -171,6 +174,8 @@ class Variation:
     height: int
     #: The version it became once someone picked it; None until then.
     version_id: str | None = None
+    #: As :attr:`Version.notes`.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ def provenance(request: EditRequest, result: EditResult, models: Mapping[str, st
         "Seed": str(request.seed),
         "Settings": json.dumps(request.settings.to_dict(), sort_keys=True),
         "Models": json.dumps(dict(models), sort_keys=True),
+        **({"Notes": "\n".join(result.notes)} if result.notes else {}),
     }
 
 

@@ -46,6 +46,8 @@ class EditOutcome:
     #: A start job's upload as posted, normalised off the event loop: (PNG, width, height).
     #: Without it the original is the job's input image as stored.
     original: tuple[bytes, int, int] | None = None
+    #: :attr:`editor.types.EditResult.notes`, for the person.
+    notes: tuple[str, ...] = ()
 
 
 def prior_edit(version: Version) -> PriorEdit:

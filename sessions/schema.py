@@ -262,6 +262,14 @@ _OUTBOX = """
 """
 
 
+@MIGRATIONS()
+def m004_caption_notes(db: Database) -> None:
+    """What the person should know about how an edit read its instruction (the language model
+    fell back, a caption was shortened to the text encoder's limit), kept with the version."""
+    db.execute("ALTER TABLE versions ADD COLUMN notes TEXT NOT NULL DEFAULT '[]'")
+    db.execute("ALTER TABLE variations ADD COLUMN notes TEXT NOT NULL DEFAULT '[]'")
+
+
 # --- rows to records: a record's fields are its table's columns of the same names ----------
 
 
@@ -287,7 +295,12 @@ def _strings(text: str) -> tuple[str, ...]:
 
 
 #: The columns of ``versions`` and ``jobs`` stored as JSON; the others are read as they are.
-_VERSION_READERS = {"before_captions": _strings, "after_captions": _strings, "settings": _settings}
+_VERSION_READERS = {
+    "before_captions": _strings,
+    "after_captions": _strings,
+    "settings": _settings,
+    "notes": _strings,
+}
 _JOB_READERS = {"reply_context": json.loads}
 #: Every column of ``versions`` but the image, which only ``image_png`` reads.
 VERSION_COLUMNS = _columns(Version, "versions")

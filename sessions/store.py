@@ -369,6 +369,7 @@ class Store(PlaceRows):
                 width=outcome.width,
                 height=outcome.height,
                 captions_by=row["captions_by"],
+                notes=json.dumps(list(outcome.notes)),
             )
             if outcome.inversion is not None:
                 self.inversions.put(base_id, outcome.inversion_key, outcome.inversion, now)

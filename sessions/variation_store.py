@@ -31,6 +31,7 @@ class MadeVariation:
     caption: str
     before_captions: tuple[str, ...]
     after_captions: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
 
 class VariationStore:
@@ -67,6 +68,7 @@ class VariationStore:
                         "caption": item.caption,
                         "before_captions": json.dumps(list(item.before_captions)),
                         "after_captions": json.dumps(list(item.after_captions)),
+                        "notes": json.dumps(list(item.notes)),
                     }
                 )
             self.db.execute(
@@ -88,7 +90,7 @@ class VariationStore:
             return None
         rows = self.db.query(
             "SELECT position, seed, settings, caption, before_captions, after_captions, width, height, "
-            "version_id FROM variations WHERE job_id = ? ORDER BY position",
+            "version_id, notes FROM variations WHERE job_id = ? ORDER BY position",
             [job_id],
         )
         variations = tuple(
@@ -102,6 +104,7 @@ class VariationStore:
                 width=row["width"],
                 height=row["height"],
                 version_id=row["version_id"],
+                notes=tuple(json.loads(row["notes"])),
             )
             for row in rows
         )
@@ -150,6 +153,7 @@ class VariationStore:
                     "caption": row["caption"],
                     "before_captions": row["before_captions"],
                     "after_captions": row["after_captions"],
+                    "notes": row["notes"],
                     "settings": row["settings"],
                     "seed": row["seed"],
                     "image": row["image"],

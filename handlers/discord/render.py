@@ -20,6 +20,8 @@ from sessions import STAGES, ChannelPolicy, EditSettings, Progress, VariationSet
 MAX_CONTENT = 2000
 #: How much of an instruction a status line quotes.
 QUOTE_CHARS = 120
+#: A note under a result (why its captions were a fallback, which caption was shortened).
+NOTE_CHARS = 400
 
 STAGE_LABELS = {
     "caption": "describing the image",
@@ -37,10 +39,13 @@ STAGE_WEIGHTS = {"caption": 3, "invert": 25, "captions": 7, "edit": 62, "decode"
 
 def quote(text: str, limit: int = QUOTE_CHARS) -> str:
     """An instruction as a short, markdown-safe quotation."""
+    return "“" + discord.utils.escape_markdown(_shortened(text, limit)) + "”"
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text`` on one line, cut with an ellipsis to at most ``limit`` characters."""
     text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
-    return "“" + discord.utils.escape_markdown(text) + "”"
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def overall_percent(stage: str | None, step: int, total: int) -> int:
@@ -103,7 +108,7 @@ def result_text(version: Version, note: str = "") -> str:
     understood = understood_line(version)
     if understood:
         lines.append(understood)
-    return with_note("\n".join(lines), note)
+    return fit("\n".join(lines), small_print(version.notes) + (f"\n-# {note}" if note else ""))
 
 
 def variations_text(made: VariationSet, note: str = "") -> str:
@@ -117,9 +122,8 @@ def variations_text(made: VariationSet, note: str = "") -> str:
         after = " ".join(variation.after_captions[0].split()) if variation.after_captions else ""
         strength = variation.settings.direction_strength
         lines.append(f"{variation.number}. strength {strength:g}: {quote(before, 120)} → {quote(after, 120)}")
-    if note:
-        lines.append(f"-# {note}")
-    return fit("\n".join(lines))
+    notes = dict.fromkeys(text for variation in made.variations for text in variation.notes)
+    return fit("\n".join(lines), small_print(tuple(notes)) + (f"\n-# {note}" if note else ""))
 
 
 def undo_text(version: Version, undone: Version, clicker_id: str) -> str:
@@ -147,6 +151,8 @@ def captions_embed(version: Version) -> discord.Embed:
         embed.add_field(name="Settings", value=_field(settings_line(version.settings)), inline=False)
     if version.seed is not None:
         embed.add_field(name="Seed", value=str(version.seed))
+    if version.notes:
+        embed.add_field(name="Notes", value=_field(_bullets(version.notes)), inline=False)
     embed.set_footer(
         text=f"version {version.id}" + (f" · from {version.parent_id}" if version.parent_id else "")
     )
@@ -307,6 +313,12 @@ def fit(text: str, tail: str = "") -> str:
     if len(text) > room:
         text = text[: max(0, room - 1)] + "…"
     return (text + tail)[:MAX_CONTENT]
+
+
+def small_print(notes: Sequence[str]) -> str:
+    """Notes about how an edit was made, as small print lines to put under a text (each kept short,
+    so a result's text always has room for them)."""
+    return "".join(f"\n-# ⚠️ {discord.utils.escape_markdown(_shortened(note, NOTE_CHARS))}" for note in notes)
 
 
 def with_note(text: str, note: str) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from editor.captions import caption_notes
 from editor.config import LimitsConfig
 from editor.images import check_instruction, load_image
 from editor.overrides import check_caption_overrides
@@ -205,6 +206,7 @@ class StandInEditor:
             timings={"edit": (self.step_s + self.busy_s) * self.steps},
             counts=EditCounts(),
             used_fallback_captions=checked.instruction in self.fallbacks,
+            notes=tuple(caption_notes(checked.instruction in self.fallbacks, 3, 0)),
         )
 
     def edit_many(
