@@ -185,7 +185,8 @@ async def test_the_status_message_shows_the_edit_forming_unless_the_channel_says
     assert first_preview is not None
     assert first_preview.startswith(b"\x89PNG")
     assert (first.result or {})["attachments"][0]["filename"] == "preview.png"
-    await fake.wait_for(lambda r: preview_of(r) not in (None, first_preview), RESULT_TIMEOUT)
+    # How many previews show depends on the channel's edit budget (5 per 5 s) against the edit's
+    # speed; that each change of the preview is sent once is test_discord_handlers' to show.
     await world.reply_to(request)
     done = await fake.wait_for_message(
         lambda m: m["id"] == status["id"] and m["content"].startswith("✅"), RESULT_TIMEOUT, kinds=("edit",)
