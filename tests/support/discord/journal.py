@@ -18,6 +18,8 @@ from tests.support.discord.wire import Record, json_response
 
 #: The ``status`` of a rule whose calls get no answer at all (the request hangs).
 HANG = 0
+#: The ``status`` of a rule whose calls lose their connection (a TCP reset, no answer).
+RESET = 1
 
 
 @dataclass
@@ -106,7 +108,8 @@ class Journal:
         when: Callable[[Any, tuple[Any, ...]], bool] | None = None,
     ) -> None:
         """Answer the next ``times`` matching REST calls with ``status`` (429s carry Via +
-        retry_after; :data:`HANG` never answers); ``when`` narrows them by body and files."""
+        retry_after; :data:`HANG` never answers, :data:`RESET` drops the connection); ``when``
+        narrows them by body and files."""
         self._failures.append(
             FailureRule(method.upper(), re.compile(path_pattern), status, times, retry_after, body, when)
         )
@@ -122,7 +125,7 @@ class Journal:
         self, method: str, path: str, body: Any = None, files: tuple[Any, ...] = ()
     ) -> web.Response | None:
         """The injected answer to this call, if one is due (counted as used); a response with
-        status :data:`HANG` means: don't answer."""
+        status :data:`HANG` means: don't answer, :data:`RESET`: drop the connection."""
         for rule in self._failures:
             if (
                 rule.remaining > 0
@@ -131,8 +134,8 @@ class Journal:
                 and (rule.when is None or rule.when(body, files))
             ):
                 rule.remaining -= 1
-                if rule.status == HANG:
-                    return web.Response(status=HANG)
+                if rule.status in (HANG, RESET):
+                    return web.Response(status=rule.status)
                 if rule.status == 429:
                     body = rule.body or {
                         "message": "You are being rate limited.",

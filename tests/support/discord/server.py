@@ -23,7 +23,7 @@ from aiohttp import web
 
 from tests.support.discord.gateway import Gateway
 from tests.support.discord.interactions import InteractionApi
-from tests.support.discord.journal import HANG, Journal
+from tests.support.discord.journal import HANG, RESET, Journal
 from tests.support.discord.people import People
 from tests.support.discord.rest import RestApi
 from tests.support.discord.state import DiscordState
@@ -117,6 +117,9 @@ class FakeDiscord(DiscordState):
             )
             if failure.status == HANG:
                 await self.journal.hang()
+            elif failure.status == RESET:
+                _reset(request)
+                return web.Response(status=500)  # never reaches the bot: the connection is gone
             return failure
         for pattern, route_method, handler in self._routes:
             match = re.fullmatch(pattern, path)
