@@ -28,11 +28,13 @@ from tests.support.discord.bot_process import (
     replies_to,
     status_final,
 )
-from tests.support.discord.journal import HANG
+from tests.support.discord.journal import HANG, RESET
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 WITHIN = 60.0
+#: The bot's waits between tries of a result's post, short here.
+POST_RETRIES = (0.05, 0.05, 0.05)
 
 
 class Stage:
@@ -59,7 +61,13 @@ class Stage:
         return self.fake.channels["general"]["id"]
 
     async def start(self) -> None:
-        self.bot = BotProcess(self.fake, self.config, self.folder / "bot.log", script=STUB_BOT)
+        self.bot = BotProcess(
+            self.fake,
+            self.config,
+            self.folder / "bot.log",
+            script=STUB_BOT,
+            env={"STUB_POST_RETRY_S": ",".join(map(str, POST_RETRIES))},
+        )
         await self.bot.start()
 
     async def kill(self) -> None:
@@ -171,6 +179,30 @@ async def test_a_kill_while_the_result_upload_is_retried_posts_it_at_start(stage
     await stage.fake.wait_for(lambda r: r.kind == "failed", WITHIN)  # discord.py now retries in a while
     await stage.kill()
     assert stage.undelivered() == (1, 0)
+
+    stage.fake.clear_failures()
+    await stage.start()
+    await stage.final(status, "✅")
+    assert len(stage.results_for(request)) == 1
+    await stage.settled()
+
+
+@pytest.mark.parametrize("fault", [503, RESET], ids=["server-error", "reset"])
+async def test_a_result_discord_keeps_failing_to_take_is_kept_and_posted_at_start(
+    stage: Stage, fault: int
+) -> None:
+    """Tried again a few times, then the person is told it is kept; the next start posts it."""
+    stage.fake.fail_next("POST", r"/channels/\d+/messages$", status=fault, times=100, when=posting_a_file)
+    await stage.start()
+    request = await stage.ask("make it blue")
+    status = await stage.status_of(request)
+    kept = await stage.final(status, "⚠️")
+    assert "I couldn't post your result because Discord isn't answering" in kept["content"]
+    tries = [r for r in stage.fake.records("failed") if r.files]
+    assert len(tries) >= 1 + len(POST_RETRIES)
+    assert stage.results_for(request) == []
+    assert stage.undelivered() == (1, 0)
+    await stage.kill()
 
     stage.fake.clear_failures()
     await stage.start()

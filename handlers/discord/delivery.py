@@ -6,7 +6,9 @@ message follows it through the :class:`~handlers.discord.status.StatusBoard`, an
 posted as a reply with its buttons, or the status turned into the reason it failed. Only then
 is the job marked delivered (``EditService.outbox``): a job a crash left undelivered comes back
 at start-up, and is delivered then (its result posted unless a message already shows it, its
-status finished). The reply context is what lets that happen after a restart.
+status finished). The reply context is what lets that happen after a restart. A result Discord
+fails to take is tried again a few times; if Discord still fails, the status says so and the job
+stays undelivered, so the next start posts it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import discord
 
 from handlers.discord import render
-from handlers.discord.errors import NO_MENTIONS, user_message
+from handlers.discord.errors import NO_MENTIONS, is_transient, user_message
 from handlers.discord.links import Links
 from handlers.discord.moderation import SafetyChecker
 from handlers.discord.preferences import TRANSPORT, Preferences, channel_place
@@ -36,6 +38,12 @@ WITHHELD = (
     "the result was withheld: the safety check flagged it as possibly unsafe. Try a different instruction."
 )
 CHECK_FAILED = "the result was withheld because the safety check could not run. The error was logged."
+UNPOSTED = (
+    "I couldn't post your result because Discord isn't answering. It is kept: "
+    "I'll post it here when I restart."
+)
+#: The waits before each new try of a post Discord failed to take (see ``errors.is_transient``).
+POST_RETRY_DELAYS_S: tuple[float, ...] = (2.0, 8.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class Delivery:
         self._links = links
         self._preferences = preferences
         self._safety = safety
+        self.post_retry_delays_s = POST_RETRY_DELAYS_S
         #: Every status edit of the bot goes through it (Discord's per-channel budget).
         self.board = StatusBoard(progress_interval_s)
         self._followers: set[asyncio.Task[None]] = set()
@@ -163,11 +172,11 @@ class Delivery:
         """Show the job's progress on its status, post its result, finish the status, mark it delivered."""
         job = ticket.job
         watcher = asyncio.create_task(self._watch(ticket, status)) if status is not None else None
-        postponed = False
+        owed = False  # True: the next start delivers it
         try:
             made = await ticket.result()
         except Postponed as error:
-            postponed = True  # still queued: the next start follows it again
+            owed = True  # still queued
             final = render.failed_text(job.requester_id, job.instruction, user_message(error))
         except EditCancelled:
             final = render.cancelled_text(job.requester_id, job.instruction)
@@ -177,7 +186,12 @@ class Delivery:
             try:
                 final = await self._deliver(made, destination, job)
             except Exception as error:
-                final = render.failed_text(job.requester_id, job.instruction, user_message(error))
+                if is_transient(error):  # still failing after the retries: the result is kept
+                    log.warning("could not post the result of job %s: %r", job.id, error)
+                    owed = True
+                    final = render.failed_text(job.requester_id, job.instruction, UNPOSTED)
+                else:
+                    final = render.failed_text(job.requester_id, job.instruction, user_message(error))
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -189,7 +203,7 @@ class Delivery:
                     # Progress is a courtesy: the final text below must still be shown.
                     log.exception("following the progress of job %s failed", job.id)
         shown = status is None or await self.board.finish(status, final)
-        if shown and not postponed:
+        if shown and not owed:
             await self._service.outbox.mark_delivered(job.id)
 
     async def _watch(self, ticket: Ticket[Any], status: StatusMessage) -> None:
@@ -220,13 +234,29 @@ class Delivery:
                 log.info("%s withheld by the safety check", made)
                 return render.failed_text(requester_id, instruction, WITHHELD)
         if isinstance(made, VariationSet):
-            await self.send_variations(destination, made, png)
+            await self._retrying(lambda: self.send_variations(destination, made, png))
         elif not self._service.outbox.is_posted(TRANSPORT, made.id):
-            await self.send_version(destination, made, lambda note: render.result_text(made, note))
+            await self._retrying(
+                lambda: self.send_version(destination, made, lambda note: render.result_text(made, note))
+            )
             self._preferences.remember_latest(
                 channel_place(destination.guild_id, destination.channel_id), made.id
             )
         return render.done_text(requester_id, instruction, time.time() - job.created_at)
+
+    async def _retrying(self, post: Callable[[], Awaitable[None]]) -> None:
+        """``await post()``, tried again after each of ``post_retry_delays_s`` while it fails in
+        a way that may pass (:func:`~handlers.discord.errors.is_transient`); then its error."""
+        for delay in self.post_retry_delays_s:
+            try:
+                await post()
+                return
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                log.warning("posting a result failed (%r); trying again in %.1f s", error, delay)
+            await asyncio.sleep(delay)
+        await post()
 
     def _channel_and_reference(
         self, destination: Destination

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -42,6 +43,18 @@ def _permission_name(permission: str) -> str:
 
 class BadRequest(Exception):
     """What the user sent cannot be used (not an image, too large, no instruction); says why."""
+
+
+#: Failures of the connection to Discord (OSError covers resets and TimeoutError).
+NETWORK_ERRORS = (aiohttp.ClientError, OSError)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether Discord may well take the same call later: it failed (5xx, after discord.py's own
+    retries), limited the rate beyond discord.py's patience, or could not be reached."""
+    if isinstance(error, discord.HTTPException):
+        return error.status >= 500 or error.status == 429
+    return isinstance(error, (discord.RateLimited, *NETWORK_ERRORS))
 
 
 def user_message(error: BaseException) -> str:
