@@ -41,8 +41,8 @@ class Journal:
         self.log: list[Record] = []
         self._log_changed = asyncio.Condition()
         self._failures: list[FailureRule] = []
-        #: What hanging calls wait for (never set: they hang until the fake stops).
-        self._never = asyncio.Event()
+        #: What hanging calls wait for: the fake stopping.
+        self._stopping = asyncio.Event()
 
     async def record(self, record: Record) -> None:
         """Log a snapshot: the stored message keeps changing as the bot edits it."""
@@ -119,7 +119,11 @@ class Journal:
         self._failures.clear()
 
     async def hang(self) -> None:
-        await self._never.wait()
+        await self._stopping.wait()
+
+    def release_hanging(self) -> None:
+        """Let hanging calls end, so the server stops at once instead of waiting for them."""
+        self._stopping.set()
 
     def failure_for(
         self, method: str, path: str, body: Any = None, files: tuple[Any, ...] = ()

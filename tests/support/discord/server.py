@@ -80,6 +80,7 @@ class FakeDiscord(DiscordState):
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
+        self.journal.release_hanging()
         await self.gateway.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -117,7 +118,8 @@ class FakeDiscord(DiscordState):
             )
             if failure.status == HANG:
                 await self.journal.hang()
-            elif failure.status == RESET:
+                return web.Response(status=503)  # the fake is stopping: nobody waits for this
+            if failure.status == RESET:
                 _reset(request)
                 return web.Response(status=500)  # never reaches the bot: the connection is gone
             return failure
