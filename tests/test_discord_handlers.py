@@ -429,6 +429,18 @@ def test_reply_context_round_trips_and_ignores_other_transports() -> None:
     assert Destination.from_context({}) is None
 
 
+def test_a_status_left_in_the_channel_of_a_thread_is_found_there_after_a_restart() -> None:
+    in_thread = Destination(5, 1, None, 7, status_channel_id=3)
+    assert Destination.from_context(in_thread.to_context()) == in_thread
+    status = in_thread.status(_bot())
+    assert status is not None
+    assert (status.channel_id, status.message_id) == (3, 7)
+    written_before = {"transport": "discord", "channel_id": "5", "guild_id": "1", "status_message_id": "7"}
+    status = Destination.from_context(written_before).status(_bot())  # type: ignore[union-attr]
+    assert status is not None
+    assert status.channel_id == 5
+
+
 def test_preferences_persist_in_the_store(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "bot.db")
     try:

@@ -45,16 +45,14 @@ class Stage:
         self.folder = folder
         self.database = folder / "bot.db"
         self.config = folder / "bot.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "storage": {"database": str(self.database)},
-                    "discord": {"sync_commands": False, "download_timeout_s": 2, "progress_interval_s": 0.2},
-                }
-            ),
-            encoding="utf-8",
-        )
+        self.configure()
         self.bot: BotProcess | None = None
+
+    def configure(self, **discord: Any) -> None:
+        """The bot's config: quick timeouts, no slash commands, unless ``discord`` says otherwise."""
+        section = {"sync_commands": False, "download_timeout_s": 2, "progress_interval_s": 0.2, **discord}
+        config = {"storage": {"database": str(self.database)}, "discord": section}
+        self.config.write_text(yaml.safe_dump(config), encoding="utf-8")
 
     @property
     def general(self) -> str:
@@ -225,3 +223,34 @@ async def test_a_result_posted_but_not_finished_is_finished_at_start_not_posted_
     await stage.final(status, "✅")
     await stage.settled()
     assert len(stage.results_for(request)) == 1
+
+
+async def test_a_kill_before_a_result_in_a_thread_finishes_the_status_in_its_channel_at_start(
+    stage: Stage,
+) -> None:
+    """/edit with open_threads: the result goes to the new thread, the status stays in the channel."""
+    stage.configure(open_threads=True, sync_commands=True, command_guilds=[stage.fake.guild_id])
+    stage.fake.fail_next("POST", r"/channels/\d+/messages$", status=HANG, when=posting_a_file)
+    await stage.start()
+    asked = await stage.fake.slash_command(
+        "alice",
+        stage.general,
+        "edit",
+        {"instruction": "make it blue"},
+        files={"image": ("a.png", png_bytes())},
+    )
+    status = await stage.fake.wait_for_message(
+        lambda m: (m.get("interaction_metadata") or {}).get("id") == asked["id"], WITHIN
+    )
+    thread = await stage.fake.wait_for(lambda r: r.kind == "thread", WITHIN)
+    await stage.fake.wait_for(lambda r: r.kind == "failed" and bool(r.files), WITHIN)
+    await stage.kill()  # the result on its way to the thread, the status "editing" in the channel
+    assert stage.undelivered() == (1, 0)
+
+    stage.fake.clear_failures()
+    await stage.start()
+    done = await stage.final(status, "✅")
+    assert done["channel_id"] == stage.general
+    result = await stage.fake.wait_for_message(lambda m: bool(m["attachments"]), WITHIN)
+    assert result["channel_id"] == thread.result["id"]
+    await stage.settled()

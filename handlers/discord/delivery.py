@@ -48,25 +48,36 @@ POST_RETRY_DELAYS_S: tuple[float, ...] = (2.0, 8.0, 30.0)
 
 @dataclass(frozen=True)
 class Destination:
-    """Where one job reports: its channel, the message the result replies to, its status message."""
+    """Where one job reports: its channel, the message the result replies to, its status message
+    and that message's channel (another one when the result goes to a thread opened after it)."""
 
     channel_id: int
     guild_id: int | None
     reply_to: int | None
     status_message_id: int | None
+    #: None: the status message is in ``channel_id``.
+    status_channel_id: int | None = None
 
     @property
     def place(self) -> Place:
         """The place requests from here are made in (the server, or the private chat)."""
         return channel_place(self.guild_id, self.channel_id)
 
+    def status(self, bot: discord.Client) -> ChannelStatus | None:
+        """The status message, edited through its channel (after a restart: no token needed)."""
+        if self.status_message_id is None:
+            return None
+        channel_id = self.status_channel_id or self.channel_id
+        return ChannelStatus(bot, channel_id, self.status_message_id, self.guild_id)
+
     def to_context(self) -> dict[str, Any]:
         return {
             "transport": TRANSPORT,
             "channel_id": str(self.channel_id),
-            "guild_id": None if self.guild_id is None else str(self.guild_id),
-            "reply_to": None if self.reply_to is None else str(self.reply_to),
-            "status_message_id": None if self.status_message_id is None else str(self.status_message_id),
+            "guild_id": _text(self.guild_id),
+            "reply_to": _text(self.reply_to),
+            "status_message_id": _text(self.status_message_id),
+            "status_channel_id": _text(self.status_channel_id),
         }
 
     @classmethod
@@ -80,8 +91,16 @@ class Destination:
             return None if value is None else int(value)
 
         return cls(
-            int(context["channel_id"]), number("guild_id"), number("reply_to"), number("status_message_id")
+            int(context["channel_id"]),
+            number("guild_id"),
+            number("reply_to"),
+            number("status_message_id"),
+            number("status_channel_id"),  # absent from contexts written before it was kept
         )
+
+
+def _text(discord_id: int | None) -> str | None:
+    return None if discord_id is None else str(discord_id)
 
 
 @dataclass(frozen=True)
@@ -150,12 +169,7 @@ class Delivery:
         destination = Destination.from_context(ticket.job.reply_context)
         if destination is None:
             return
-        status = None
-        if destination.status_message_id is not None:
-            status = ChannelStatus(
-                self._bot, destination.channel_id, destination.status_message_id, destination.guild_id
-            )
-        self._spawn(self.follow(ticket, status, destination))
+        self._spawn(self.follow(ticket, destination.status(self._bot), destination))
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a delivery on its own task, which :meth:`close` lets finish."""

@@ -195,11 +195,9 @@ class Relay:
         """Fetch again the uploads a crash interrupted (or tell their senders why not)."""
         for upload in self._service.outbox.pending_uploads():
             destination = Destination.from_context(upload.reply_context)
-            if destination is None or destination.status_message_id is None:
+            status = None if destination is None else destination.status(self._bot)
+            if destination is None or status is None:
                 continue  # another transport's
-            status = ChannelStatus(
-                self._bot, destination.channel_id, destination.status_message_id, destination.guild_id
-            )
             received = Received(upload.requester, upload.instruction, status, destination, upload.id)
             self._delivery.spawn(self._start(received, upload.place, upload.source, upload))
 
@@ -241,7 +239,13 @@ class Relay:
             await self._delivery.fail(received, error)
             return
         if thread is not None:
-            in_thread = Destination(thread.id, interaction.guild_id, None, received.status.message_id)
+            in_thread = Destination(
+                thread.id,
+                interaction.guild_id,
+                None,
+                received.status.message_id,
+                status_channel_id=received.status.channel_id,  # the status stays in the channel
+            )
             received = dataclasses.replace(received, destination=in_thread)
             place = intake.place_of(thread, interaction.guild_id)
         await self._start(received, place, attachment.url)
