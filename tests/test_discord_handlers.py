@@ -749,6 +749,27 @@ async def test_forged_events_pointing_into_another_server_reach_nothing(tmp_path
         app.close()
 
 
+async def test_cancel_answers_the_click_before_waiting_for_the_service() -> None:
+    """Behind queued image writes the service's answer can come after Discord's 3 s deadline."""
+    interaction = _FakeInteraction()
+    asked: list[list[str]] = []
+    writer_free = asyncio.Event()
+
+    async def cancel(job_id: str, by: Author, *, place: Place) -> bool:
+        asked.append(list(interaction.sent))
+        await writer_free.wait()
+        return True
+
+    relay = _relay(SimpleNamespace(cancel=cancel))
+    cancelling = asyncio.create_task(relay.cancel(interaction, "j1"))  # type: ignore[arg-type]
+    await until(lambda: bool(asked))
+    assert asked == [["(thinking)"]], "the click was answered before the service was asked"
+    writer_free.set()
+    await cancelling
+    assert interaction.edits == ["Cancelling that edit…"]
+    await relay.close()
+
+
 async def test_an_error_of_any_length_reaches_the_user_within_discords_limit() -> None:
     """A 2500-character error used to be refused by Discord, and the person heard nothing."""
     replies: list[str] = []

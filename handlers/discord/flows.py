@@ -343,11 +343,16 @@ class Relay:
         await self._steering.pick(interaction, job_id, number)
 
     async def cancel(self, interaction: discord.Interaction, job_id: str) -> None:
-        """The Cancel button: the service decides who may (the requester or a moderator here)."""
+        """The Cancel button: the service decides who may (the requester or a moderator here).
+
+        Deferred first: the service waits for the writer thread, which may be behind image writes
+        for longer than Discord's 3 s to answer an interaction.
+        """
         author = intake.author_of_interaction(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
         cancelled = await self._service.cancel(job_id, author, place=self.place_of(interaction))
         text = "Cancelling that edit…" if cancelled else "That edit has already finished."
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
 
     async def history(self, interaction: discord.Interaction, reference: str | None) -> None:
         """/history: the contact sheet of a result's lineage (default: the channel's latest).
