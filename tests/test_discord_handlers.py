@@ -749,6 +749,39 @@ async def test_forged_events_pointing_into_another_server_reach_nothing(tmp_path
         app.close()
 
 
+@pytest.mark.parametrize("status_reachable", [True, False], ids=["told", "not-told"])
+@pytest.mark.parametrize("download_works", [True, False], ids=["refused", "not-downloaded"])
+async def test_an_upload_is_dropped_only_once_its_sender_was_told_why_it_ends(
+    status_reachable: bool, download_works: bool
+) -> None:
+    """Else the next start takes the upload up again (and tells them then)."""
+    dropped: list[str] = []
+
+    class Outbox:
+        async def record_upload(self, upload_id: str, *args: Any, **kwargs: Any) -> Any:
+            return SimpleNamespace(id=upload_id)
+
+        async def drop_upload(self, upload_id: str) -> None:
+            dropped.append(upload_id)
+
+    async def start_edit(*args: Any, **kwargs: Any) -> Any:
+        raise Rejected("The queue is full.")
+
+    async def get_from_cdn(url: str) -> bytes:
+        if not download_works:
+            raise aiohttp.ServerDisconnectedError()
+        return b"an image"
+
+    relay = _relay(SimpleNamespace(outbox=Outbox(), start_edit=start_edit))
+    relay._bot.http = SimpleNamespace(get_from_cdn=get_from_cdn)  # type: ignore[attr-defined]
+    status = RecordingStatus(fail=not status_reachable)
+    received = delivery.Received(Author("5", "Bob"), "go", status, Destination(3, 1, 9, 1), "u1")  # type: ignore[arg-type]
+    await relay._start(received, channel_place(1, 3), "http://cdn/x.png")
+    assert status.edits[-1][0].startswith("⚠️")
+    assert dropped == (["u1"] if status_reachable else [])
+    await relay.close()
+
+
 async def test_cancel_answers_the_click_before_waiting_for_the_service() -> None:
     """Behind queued image writes the service's answer can come after Discord's 3 s deadline."""
     interaction = _FakeInteraction()

@@ -138,28 +138,30 @@ class Delivery:
         self.board = StatusBoard(progress_interval_s)
         self._followers: set[asyncio.Task[None]] = set()
 
-    async def fail(self, received: Received, error: BaseException) -> None:
-        """The status message says why the request ends here (no job was queued)."""
+    async def fail(self, received: Received, error: BaseException) -> bool:
+        """The status message says why the request ends here (no job was queued); False when
+        Discord could not be told now (see ``StatusBoard.finish``)."""
         author, instruction = received.author.id, received.instruction
         if isinstance(error, EditCancelled):  # cancelled while its image was on its way
             text = render.cancelled_text(author, instruction)
         else:
             text = render.failed_text(author, instruction, user_message(error))
-        await self.board.finish(received.status, text)
+        return await self.board.finish(received.status, text)
 
     async def submit(
         self, received: Received, request: Callable[..., Awaitable[Ticket[Any]]], *args: Any, **kwargs: Any
     ) -> None:
         """``await request(*args, reply_context=..., job_id=..., **kwargs)`` queues the job (a new
         conversation's ``upload_id`` is its job id); a refusal (full queue, per-user cap, bad image)
-        becomes the status text (and a recorded upload is then dropped), else the job is followed."""
+        becomes the status text (and a recorded upload is dropped once that is shown: until then
+        the next start takes it up again), else the job is followed."""
         if "upload_id" not in kwargs:
             kwargs["job_id"] = received.job_id
         try:
             ticket = await request(*args, reply_context=received.destination.to_context(), **kwargs)
         except Exception as error:
-            await self.fail(received, error)
-            if kwargs.get("upload_id") is not None:
+            told = await self.fail(received, error)
+            if told and kwargs.get("upload_id") is not None:
                 await self._service.outbox.drop_upload(kwargs["upload_id"])
             return
         self._spawn(self.follow(ticket, received.status, received.destination))

@@ -154,7 +154,8 @@ class Relay:
     # --- jobs: a new conversation, or the next step of one -----------------------------
 
     async def _start(self, received: Received, place: Place, url: str, upload: Upload | None = None) -> None:
-        """A new conversation: record the upload, download it (a failure is the status's reason), queue it."""
+        """A new conversation: record the upload, download it (a failure is the status's reason,
+        and the upload is kept until that is shown, for the next start), queue it."""
         try:
             if upload is None:
                 upload = await self._service.outbox.record_upload(
@@ -167,8 +168,8 @@ class Relay:
                 )
             image = await intake.download(self._bot, url, self._config.download_timeout_s)
         except Exception as error:
-            await self._delivery.fail(received, error)
-            if upload is not None:
+            told = await self._delivery.fail(received, error)
+            if told and upload is not None:
                 await self._service.outbox.drop_upload(upload.id)
             return
         await self._delivery.submit(
