@@ -632,13 +632,24 @@ async def test_a_direct_message_without_an_image_gets_a_hint() -> None:
     assert replies == [DM_HINT], "in a server, chatter without a mention is left alone"
 
 
-async def test_a_thread_that_cannot_be_opened_turns_the_status_into_the_reason() -> None:
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (discord.Forbidden(_Response(403), "Missing Permissions"), "missing a permission"),  # type: ignore[arg-type]
+        (aiohttp.ServerDisconnectedError(), "couldn't reach Discord"),
+        (TimeoutError(), "couldn't reach Discord"),
+    ],
+    ids=["refused", "disconnected", "timed-out"],
+)
+async def test_a_thread_that_cannot_be_opened_turns_the_status_into_the_reason(
+    failure: Exception, said: str
+) -> None:
     started: list[Any] = []
     service = SimpleNamespace(start_edit=lambda *a, **k: started.append(a), new_job_id=lambda: "j1")
     relay = _relay(service, open_threads=True)
 
     async def no_thread(interaction: Any, instruction: str) -> None:
-        raise discord.Forbidden(_Response(403), "Missing Permissions")
+        raise failure
 
     relay._thread_for = no_thread  # type: ignore[method-assign]
     interaction = _FakeInteraction()
@@ -646,7 +657,7 @@ async def test_a_thread_that_cannot_be_opened_turns_the_status_into_the_reason()
     received = await relay._respond_received(interaction, intake.author_of_interaction(interaction), "go")  # type: ignore[arg-type]
     await relay._start_from_interaction(interaction, received, attachment)  # type: ignore[arg-type]
     assert len(interaction.sent) == 1
-    assert "missing a permission" in interaction.edits[-1]
+    assert said in interaction.edits[-1]
     assert not started
     await relay.close()
 

@@ -10,7 +10,8 @@ Order of the checks in :func:`user_message`, most specific first:
    only): what is wrong or missing. A command's own exception is unwrapped and checked again.
 5. ``discord.Forbidden``: the bot lacks a permission in that channel; logged as a warning.
 6. other ``discord.HTTPException``: Discord refused or failed; logged as a warning.
-7. anything else: a bug; logged with its traceback, the user gets an apology.
+7. a network error (``NETWORK_ERRORS``): Discord could not be reached; logged as a warning.
+8. anything else: a bug; logged with its traceback, the user gets an apology.
 
 Every path that answers a user (messages, slash commands, buttons, modals, finished jobs)
 goes through :func:`report`, so the same error always reads the same way.
@@ -85,6 +86,9 @@ def user_message(error: BaseException) -> str:
     if isinstance(error, discord.HTTPException):
         log.warning("Discord answered %s: %s", error.status, error)
         return "Discord had a problem handling that (it may be busy). Please try again in a moment."
+    if isinstance(error, NETWORK_ERRORS):
+        log.warning("could not reach Discord: %r", error)
+        return "I couldn't reach Discord just now (the connection failed). Please try again in a moment."
     log.error("unexpected error", exc_info=error)
     return UNEXPECTED
 

@@ -18,7 +18,7 @@ import discord
 
 from handlers.discord import delivery, intake, render
 from handlers.discord.delivery import Delivery, Destination, Received
-from handlers.discord.errors import NO_MENTIONS, BadRequest, report
+from handlers.discord.errors import NETWORK_ERRORS, NO_MENTIONS, BadRequest, report
 from handlers.discord.links import INTERACTION_LINK_WAIT_S, Links
 from handlers.discord.moderation import InstructionFilter, SafetyChecker
 from handlers.discord.preferences import Preferences, channel_place
@@ -235,7 +235,7 @@ class Relay:
         place = self.place_of(interaction)
         try:
             thread = await self._thread_for(interaction, received.instruction)
-        except discord.HTTPException as error:
+        except (discord.HTTPException, *NETWORK_ERRORS) as error:
             # The status message is already shown: it says why instead of staying "received".
             await self._delivery.fail(received, error)
             return
