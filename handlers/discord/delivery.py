@@ -232,33 +232,41 @@ class Delivery:
 
     async def _deliver(self, made: Version | VariationSet, destination: Destination, job: Job) -> str:
         """Post the result or the grid of variations (after the safety check, when on), unless a
-        message already shows the result; the status message's final text."""
+        message already shows it (a restart after posting: neither checked nor posted again);
+        the status message's final text."""
         requester_id, instruction, place = job.requester_id, job.instruction, destination.place
         if isinstance(made, VariationSet):
-            png = await self._service.variation_grid(made.job_id, place=place)
-        else:
-            png = self._service.image_png(made.id, place=place)
-        if self._preferences.safety_check(destination.guild_id):
-            if self._safety is None:
-                return render.failed_text(requester_id, instruction, CHECK_FAILED)
-            try:
-                unsafe = await self._safety.is_unsafe(png)
-            except Exception:
-                log.exception("the safety check failed on %s", made)
-                return render.failed_text(requester_id, instruction, CHECK_FAILED)
-            if unsafe:
-                log.info("%s withheld by the safety check", made)
-                return render.failed_text(requester_id, instruction, WITHHELD)
-        if isinstance(made, VariationSet):
-            await self._retrying(lambda: self.send_variations(destination, made, png))
+            if not self._preferences.grid_posted(place, made.job_id):
+                png = await self._service.variation_grid(made.job_id, place=place)
+                if reason := await self._withheld(made, png, destination.guild_id):
+                    return render.failed_text(requester_id, instruction, reason)
+                await self._retrying(lambda: self.send_variations(destination, made, png))
+                self._preferences.remember_grid(place, made.job_id)
         elif not self._service.outbox.is_posted(TRANSPORT, made.id):
+            png = self._service.image_png(made.id, place=place)
+            if reason := await self._withheld(made, png, destination.guild_id):
+                return render.failed_text(requester_id, instruction, reason)
             await self._retrying(
                 lambda: self.send_version(destination, made, lambda note: render.result_text(made, note))
             )
-            self._preferences.remember_latest(
-                channel_place(destination.guild_id, destination.channel_id), made.id
-            )
+            self._preferences.remember_latest(place, made.id)
         return render.done_text(requester_id, instruction, time.time() - job.created_at)
+
+    async def _withheld(self, made: Version | VariationSet, png: bytes, guild_id: int | None) -> str | None:
+        """Why the safety check (when on here) keeps ``png`` from being posted, if it does."""
+        if not self._preferences.safety_check(guild_id):
+            return None
+        if self._safety is None:
+            return CHECK_FAILED
+        try:
+            unsafe = await self._safety.is_unsafe(png)
+        except Exception:
+            log.exception("the safety check failed on %s", made)
+            return CHECK_FAILED
+        if unsafe:
+            log.info("%s withheld by the safety check", made)
+            return WITHHELD
+        return None
 
     async def _retrying(self, post: Callable[[], Awaitable[None]]) -> None:
         """``await post()``, tried again after each of ``post_retry_delays_s`` while it fails in
