@@ -17,6 +17,7 @@ from handlers.discord.links import Links
 from handlers.discord.moderation import SafetyChecker
 from handlers.discord.preferences import Preferences, channel_place
 from sessions import Author, DiscordConfig, EditService, Ticket
+from sessions.store import Store
 from tests.support.editor import StandInEditor, stand_in_app
 
 PLACE = channel_place(1, 3)
@@ -118,3 +119,35 @@ async def test_a_grid_posted_before_a_restart_is_not_posted_again(service: EditS
     assert len(channel.posted) == 1
     assert service.get_job(ticket.job.id).delivered_at is not None
     await restarted.close()
+
+
+async def test_a_job_of_ours_that_cannot_say_where_to_report_is_given_up_once(tmp_path: Path) -> None:
+    """Else it comes back at every start; another transport's job is left to that transport."""
+    contexts = [
+        {"transport": "discord"},
+        {"transport": "discord", "channel_id": "#general"},
+        {"console": "s1"},
+    ]
+    app = stand_in_app(tmp_path / "bot.db", StandInEditor())
+    await app.service.start()
+    for context in contexts:
+        await (await app.service.start_edit(PLACE, BOB, png(), "make it red", reply_context=context)).result()
+    await app.service.stop()
+    app.close()
+
+    again = stand_in_app(tmp_path / "bot.db", StandInEditor())
+    restarted = a_start(again.service, Channel())
+
+    async def recovered(ticket: Ticket[Any]) -> None:
+        restarted.recovered(ticket)
+
+    again.service.add_listener(recovered)
+    await again.service.start()
+    await restarted.close()
+    await again.service.stop()
+    again.close()
+    store = Store.open(tmp_path / "bot.db")
+    try:
+        assert [job.reply_context for job in store.undelivered_jobs()] == [{"console": "s1"}]
+    finally:
+        store.close()

@@ -167,9 +167,21 @@ class Delivery:
         self._spawn(self.follow(ticket, received.status, received.destination))
 
     def recovered(self, ticket: Ticket[Any]) -> None:
-        """A job a restart left undelivered: follow it to the place its reply context names."""
-        destination = Destination.from_context(ticket.job.reply_context)
+        """A job a restart left undelivered: follow it to the place its reply context names.
+
+        Every transport hears of every such job: another's is left alone; one of ours whose
+        context says nowhere usable is marked delivered (it would come back at every start).
+        """
+        job = ticket.job
+        if job.reply_context.get("transport") != TRANSPORT:
+            return
+        try:
+            destination = Destination.from_context(job.reply_context)
+        except (TypeError, ValueError):
+            destination = None
         if destination is None:
+            log.warning("job %s can't be delivered, its reply context is %r", job.id, job.reply_context)
+            self._spawn(self._service.outbox.mark_delivered(job.id))
             return
         self._spawn(self.follow(ticket, destination.status(self._bot), destination))
 
