@@ -277,6 +277,28 @@ async def test_a_failing_edit_is_logged_not_raised(caplog: pytest.LogCaptureFixt
     await board.close()
 
 
+@pytest.mark.parametrize(("limited", "shown"), [(1, True), (100, False)], ids=["once", "always"])
+async def test_a_rate_limited_final_edit_is_tried_again_not_taken_as_refused(
+    limited: int, shown: bool
+) -> None:
+    """A 429 means "later", not "gone": the job is marked delivered only once the end is shown."""
+
+    class RateLimited(RecordingStatus):
+        async def edit(
+            self, content: str, view: discord.ui.View | None, attachments: list[discord.File] | None = None
+        ) -> None:
+            await super().edit(content, view)
+            if len(self.edits) <= limited:
+                raise discord.HTTPException(_Response(429), "You are being rate limited.")  # type: ignore[arg-type]
+
+    status = RateLimited()
+    board = StatusBoard(interval_s=0.0, per_window=2, window_s=0.05)
+    assert await board.finish(status, "done") is shown
+    assert 1 < len(status.edits) < 10
+    assert {text for text, _ in status.edits} == {"done"}
+    await board.close()
+
+
 async def test_the_statuses_of_a_channel_share_its_budget_and_finals_go_first() -> None:
     """50 queued statuses in one channel: at most 3 edits per window, and ends before progress."""
     board = StatusBoard(interval_s=0.0, per_window=3, window_s=0.3)
