@@ -26,7 +26,7 @@ from handlers.discord.bot import EditBot
 from handlers.discord.cogs import EditCommands
 from handlers.discord.delivery import Destination
 from handlers.discord.errors import UNEXPECTED, BadRequest, report, user_message
-from handlers.discord.flows import DM_HINT, REPLY_HINT, Relay
+from handlers.discord.flows import ANOTHER_SERVER, DM_HINT, REPLY_HINT, Relay
 from handlers.discord.moderation import InstructionFilter
 from handlers.discord.preferences import SERVER_WIDE, Preferences, channel_place
 from handlers.discord.status import InteractionStatus, StatusBoard
@@ -833,6 +833,37 @@ async def test_cancel_answers_the_click_before_waiting_for_the_service() -> None
     writer_free.set()
     await cancelling
     assert interaction.edits == ["Cancelling that edit…"]
+    await relay.close()
+
+
+@pytest.mark.parametrize(
+    ("asked_in", "target_in"), [(1, 99), (None, 99), (1, None)], ids=["server", "dm", "to-dm"]
+)
+async def test_the_edit_image_menu_on_a_message_of_another_place_is_refused_and_reaches_nothing(
+    asked_in: int | None, target_in: int | None
+) -> None:
+    interaction = _FakeInteraction()
+    interaction.guild_id = asked_in  # type: ignore[assignment]
+    modals: list[Any] = []
+
+    async def send_modal(modal: Any) -> None:
+        modals.append(modal)
+
+    interaction.response.send_modal = send_modal
+    picture = SimpleNamespace(url="http://cdn/x.png", size=100, content_type="image/png", filename="x.png")
+    target = SimpleNamespace(
+        id=8,
+        guild=None if target_in is None else SimpleNamespace(id=target_in),
+        author=SimpleNamespace(id=7),
+        channel=SimpleNamespace(id=4),
+        attachments=[picture],
+    )
+    relay = _relay(SimpleNamespace())  # a service without a single method: nothing may reach it
+    with pytest.raises(BadRequest) as refused:
+        await relay.open_modal(interaction, target)  # type: ignore[arg-type]
+    assert user_message(refused.value) == ANOTHER_SERVER  # what the person is told, privately
+    assert modals == []
+    assert interaction.sent == []
     await relay.close()
 
 
