@@ -240,12 +240,10 @@ class Relay:
             await self._delivery.fail(received, error)
             return
         if thread is not None:
+            # The result goes to the thread; the status stays in the channel.
+            status = received.status
             in_thread = Destination(
-                thread.id,
-                interaction.guild_id,
-                None,
-                received.status.message_id,
-                status_channel_id=received.status.channel_id,  # the status stays in the channel
+                thread.id, interaction.guild_id, None, status.message_id, status.channel_id
             )
             received = dataclasses.replace(received, destination=in_thread)
             place = intake.place_of(thread, interaction.guild_id)
