@@ -26,7 +26,7 @@ from handlers.discord.bot import EditBot
 from handlers.discord.cogs import EditCommands
 from handlers.discord.delivery import Destination
 from handlers.discord.errors import UNEXPECTED, BadRequest, report, user_message
-from handlers.discord.flows import DM_HINT, REPLY_HINT, Relay
+from handlers.discord.flows import ANOTHER_SERVER, DM_HINT, REPLY_HINT, Relay
 from handlers.discord.moderation import InstructionFilter
 from handlers.discord.preferences import SERVER_WIDE, Preferences, channel_place
 from handlers.discord.status import InteractionStatus, StatusBoard
@@ -277,6 +277,28 @@ async def test_a_failing_edit_is_logged_not_raised(caplog: pytest.LogCaptureFixt
     await board.close()
 
 
+@pytest.mark.parametrize(("limited", "shown"), [(1, True), (100, False)], ids=["once", "always"])
+async def test_a_rate_limited_final_edit_is_tried_again_not_taken_as_refused(
+    limited: int, shown: bool
+) -> None:
+    """A 429 means "later", not "gone": the job is marked delivered only once the end is shown."""
+
+    class RateLimited(RecordingStatus):
+        async def edit(
+            self, content: str, view: discord.ui.View | None, attachments: list[discord.File] | None = None
+        ) -> None:
+            await super().edit(content, view)
+            if len(self.edits) <= limited:
+                raise discord.HTTPException(_Response(429), "You are being rate limited.")  # type: ignore[arg-type]
+
+    status = RateLimited()
+    board = StatusBoard(interval_s=0.0, per_window=2, window_s=0.05)
+    assert await board.finish(status, "done") is shown
+    assert 1 < len(status.edits) < 10
+    assert {text for text, _ in status.edits} == {"done"}
+    await board.close()
+
+
 async def test_the_statuses_of_a_channel_share_its_budget_and_finals_go_first() -> None:
     """50 queued statuses in one channel: at most 3 edits per window, and ends before progress."""
     board = StatusBoard(interval_s=0.0, per_window=3, window_s=0.3)
@@ -427,6 +449,18 @@ def test_reply_context_round_trips_and_ignores_other_transports() -> None:
     assert Destination.from_context(destination.to_context()) == destination
     assert Destination.from_context({"transport": "console", "channel_id": "5"}) is None
     assert Destination.from_context({}) is None
+
+
+def test_a_status_left_in_the_channel_of_a_thread_is_found_there_after_a_restart() -> None:
+    in_thread = Destination(5, 1, None, 7, status_channel_id=3)
+    assert Destination.from_context(in_thread.to_context()) == in_thread
+    status = in_thread.status(_bot())
+    assert status is not None
+    assert (status.channel_id, status.message_id) == (3, 7)
+    written_before = {"transport": "discord", "channel_id": "5", "guild_id": "1", "status_message_id": "7"}
+    status = Destination.from_context(written_before).status(_bot())  # type: ignore[union-attr]
+    assert status is not None
+    assert status.channel_id == 5
 
 
 def test_preferences_persist_in_the_store(tmp_path: Path) -> None:
@@ -620,13 +654,24 @@ async def test_a_direct_message_without_an_image_gets_a_hint() -> None:
     assert replies == [DM_HINT], "in a server, chatter without a mention is left alone"
 
 
-async def test_a_thread_that_cannot_be_opened_turns_the_status_into_the_reason() -> None:
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (discord.Forbidden(_Response(403), "Missing Permissions"), "missing a permission"),  # type: ignore[arg-type]
+        (aiohttp.ServerDisconnectedError(), "couldn't reach Discord"),
+        (TimeoutError(), "couldn't reach Discord"),
+    ],
+    ids=["refused", "disconnected", "timed-out"],
+)
+async def test_a_thread_that_cannot_be_opened_turns_the_status_into_the_reason(
+    failure: Exception, said: str
+) -> None:
     started: list[Any] = []
     service = SimpleNamespace(start_edit=lambda *a, **k: started.append(a), new_job_id=lambda: "j1")
     relay = _relay(service, open_threads=True)
 
     async def no_thread(interaction: Any, instruction: str) -> None:
-        raise discord.Forbidden(_Response(403), "Missing Permissions")
+        raise failure
 
     relay._thread_for = no_thread  # type: ignore[method-assign]
     interaction = _FakeInteraction()
@@ -634,7 +679,7 @@ async def test_a_thread_that_cannot_be_opened_turns_the_status_into_the_reason()
     received = await relay._respond_received(interaction, intake.author_of_interaction(interaction), "go")  # type: ignore[arg-type]
     await relay._start_from_interaction(interaction, received, attachment)  # type: ignore[arg-type]
     assert len(interaction.sent) == 1
-    assert "missing a permission" in interaction.edits[-1]
+    assert said in interaction.edits[-1]
     assert not started
     await relay.close()
 
@@ -735,6 +780,91 @@ async def test_forged_events_pointing_into_another_server_reach_nothing(tmp_path
     finally:
         await service.stop()
         app.close()
+
+
+@pytest.mark.parametrize("status_reachable", [True, False], ids=["told", "not-told"])
+@pytest.mark.parametrize("download_works", [True, False], ids=["refused", "not-downloaded"])
+async def test_an_upload_is_dropped_only_once_its_sender_was_told_why_it_ends(
+    status_reachable: bool, download_works: bool
+) -> None:
+    """Else the next start takes the upload up again (and tells them then)."""
+    dropped: list[str] = []
+
+    class Outbox:
+        async def record_upload(self, upload_id: str, *args: Any, **kwargs: Any) -> Any:
+            return SimpleNamespace(id=upload_id)
+
+        async def drop_upload(self, upload_id: str) -> None:
+            dropped.append(upload_id)
+
+    async def start_edit(*args: Any, **kwargs: Any) -> Any:
+        raise Rejected("The queue is full.")
+
+    async def get_from_cdn(url: str) -> bytes:
+        if not download_works:
+            raise aiohttp.ServerDisconnectedError()
+        return b"an image"
+
+    relay = _relay(SimpleNamespace(outbox=Outbox(), start_edit=start_edit))
+    relay._bot.http = SimpleNamespace(get_from_cdn=get_from_cdn)  # type: ignore[attr-defined]
+    status = RecordingStatus(fail=not status_reachable)
+    received = delivery.Received(Author("5", "Bob"), "go", status, Destination(3, 1, 9, 1), "u1")  # type: ignore[arg-type]
+    await relay._start(received, channel_place(1, 3), "http://cdn/x.png")
+    assert status.edits[-1][0].startswith("⚠️")
+    assert dropped == (["u1"] if status_reachable else [])
+    await relay.close()
+
+
+async def test_cancel_answers_the_click_before_waiting_for_the_service() -> None:
+    """Behind queued image writes the service's answer can come after Discord's 3 s deadline."""
+    interaction = _FakeInteraction()
+    asked: list[list[str]] = []
+    writer_free = asyncio.Event()
+
+    async def cancel(job_id: str, by: Author, *, place: Place) -> bool:
+        asked.append(list(interaction.sent))
+        await writer_free.wait()
+        return True
+
+    relay = _relay(SimpleNamespace(cancel=cancel))
+    cancelling = asyncio.create_task(relay.cancel(interaction, "j1"))  # type: ignore[arg-type]
+    await until(lambda: bool(asked))
+    assert asked == [["(thinking)"]], "the click was answered before the service was asked"
+    writer_free.set()
+    await cancelling
+    assert interaction.edits == ["Cancelling that edit…"]
+    await relay.close()
+
+
+@pytest.mark.parametrize(
+    ("asked_in", "target_in"), [(1, 99), (None, 99), (1, None)], ids=["server", "dm", "to-dm"]
+)
+async def test_the_edit_image_menu_on_a_message_of_another_place_is_refused_and_reaches_nothing(
+    asked_in: int | None, target_in: int | None
+) -> None:
+    interaction = _FakeInteraction()
+    interaction.guild_id = asked_in  # type: ignore[assignment]
+    modals: list[Any] = []
+
+    async def send_modal(modal: Any) -> None:
+        modals.append(modal)
+
+    interaction.response.send_modal = send_modal
+    picture = SimpleNamespace(url="http://cdn/x.png", size=100, content_type="image/png", filename="x.png")
+    target = SimpleNamespace(
+        id=8,
+        guild=None if target_in is None else SimpleNamespace(id=target_in),
+        author=SimpleNamespace(id=7),
+        channel=SimpleNamespace(id=4),
+        attachments=[picture],
+    )
+    relay = _relay(SimpleNamespace())  # a service without a single method: nothing may reach it
+    with pytest.raises(BadRequest) as refused:
+        await relay.open_modal(interaction, target)  # type: ignore[arg-type]
+    assert user_message(refused.value) == ANOTHER_SERVER  # what the person is told, privately
+    assert modals == []
+    assert interaction.sent == []
+    await relay.close()
 
 
 async def test_an_error_of_any_length_reaches_the_user_within_discords_limit() -> None:

@@ -28,11 +28,13 @@ from tests.support.discord.bot_process import (
     replies_to,
     status_final,
 )
-from tests.support.discord.journal import HANG
+from tests.support.discord.journal import HANG, RESET
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 WITHIN = 60.0
+#: The bot's waits between tries of a result's post, short here.
+POST_RETRIES = (0.05, 0.05, 0.05)
 
 
 class Stage:
@@ -43,23 +45,27 @@ class Stage:
         self.folder = folder
         self.database = folder / "bot.db"
         self.config = folder / "bot.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "storage": {"database": str(self.database)},
-                    "discord": {"sync_commands": False, "download_timeout_s": 2, "progress_interval_s": 0.2},
-                }
-            ),
-            encoding="utf-8",
-        )
+        self.configure()
         self.bot: BotProcess | None = None
+
+    def configure(self, **discord: Any) -> None:
+        """The bot's config: quick timeouts, no slash commands, unless ``discord`` says otherwise."""
+        section = {"sync_commands": False, "download_timeout_s": 2, "progress_interval_s": 0.2, **discord}
+        config = {"storage": {"database": str(self.database)}, "discord": section}
+        self.config.write_text(yaml.safe_dump(config), encoding="utf-8")
 
     @property
     def general(self) -> str:
         return self.fake.channels["general"]["id"]
 
     async def start(self) -> None:
-        self.bot = BotProcess(self.fake, self.config, self.folder / "bot.log", script=STUB_BOT)
+        self.bot = BotProcess(
+            self.fake,
+            self.config,
+            self.folder / "bot.log",
+            script=STUB_BOT,
+            env={"STUB_POST_RETRY_S": ",".join(map(str, POST_RETRIES))},
+        )
         await self.bot.start()
 
     async def kill(self) -> None:
@@ -179,6 +185,30 @@ async def test_a_kill_while_the_result_upload_is_retried_posts_it_at_start(stage
     await stage.settled()
 
 
+@pytest.mark.parametrize("fault", [503, RESET], ids=["server-error", "reset"])
+async def test_a_result_discord_keeps_failing_to_take_is_kept_and_posted_at_start(
+    stage: Stage, fault: int
+) -> None:
+    """Tried again a few times, then the person is told it is kept; the next start posts it."""
+    stage.fake.fail_next("POST", r"/channels/\d+/messages$", status=fault, times=100, when=posting_a_file)
+    await stage.start()
+    request = await stage.ask("make it blue")
+    status = await stage.status_of(request)
+    kept = await stage.final(status, "⚠️")
+    assert "I couldn't post your result because Discord isn't answering" in kept["content"]
+    tries = [r for r in stage.fake.records("failed") if r.files]
+    assert len(tries) >= 1 + len(POST_RETRIES)
+    assert stage.results_for(request) == []
+    assert stage.undelivered() == (1, 0)
+    await stage.kill()
+
+    stage.fake.clear_failures()
+    await stage.start()
+    await stage.final(status, "✅")
+    assert len(stage.results_for(request)) == 1
+    await stage.settled()
+
+
 async def test_a_result_posted_but_not_finished_is_finished_at_start_not_posted_again(stage: Stage) -> None:
     stage.fake.fail_next("PATCH", r"/channels/\d+/messages/\d+$", status=HANG, when=finishing)
     await stage.start()
@@ -193,3 +223,34 @@ async def test_a_result_posted_but_not_finished_is_finished_at_start_not_posted_
     await stage.final(status, "✅")
     await stage.settled()
     assert len(stage.results_for(request)) == 1
+
+
+async def test_a_kill_before_a_result_in_a_thread_finishes_the_status_in_its_channel_at_start(
+    stage: Stage,
+) -> None:
+    """/edit with open_threads: the result goes to the new thread, the status stays in the channel."""
+    stage.configure(open_threads=True, sync_commands=True, command_guilds=[stage.fake.guild_id])
+    stage.fake.fail_next("POST", r"/channels/\d+/messages$", status=HANG, when=posting_a_file)
+    await stage.start()
+    asked = await stage.fake.slash_command(
+        "alice",
+        stage.general,
+        "edit",
+        {"instruction": "make it blue"},
+        files={"image": ("a.png", png_bytes())},
+    )
+    status = await stage.fake.wait_for_message(
+        lambda m: (m.get("interaction_metadata") or {}).get("id") == asked["id"], WITHIN
+    )
+    thread = await stage.fake.wait_for(lambda r: r.kind == "thread", WITHIN)
+    await stage.fake.wait_for(lambda r: r.kind == "failed" and bool(r.files), WITHIN)
+    await stage.kill()  # the result on its way to the thread, the status "editing" in the channel
+    assert stage.undelivered() == (1, 0)
+
+    stage.fake.clear_failures()
+    await stage.start()
+    done = await stage.final(status, "✅")
+    assert done["channel_id"] == stage.general
+    result = await stage.fake.wait_for_message(lambda m: bool(m["attachments"]), WITHIN)
+    assert result["channel_id"] == thread.result["id"]
+    await stage.settled()

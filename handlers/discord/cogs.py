@@ -165,7 +165,7 @@ class EditCommands(commands.Cog):
         settings = self.service.update_channel_settings(place, **update)
         summary = render.settings_line(settings)
         await interaction.response.send_message(
-            f"⚙️ <@{interaction.user.id}> changed the settings of this channel: {summary}",
+            render.fit(f"⚙️ <@{interaction.user.id}> changed the settings of this channel: {summary}"),
             allowed_mentions=NO_MENTIONS,
         )
 
@@ -190,7 +190,7 @@ class EditCommands(commands.Cog):
             raise BadRequest("Give at least one of requester_only, previews or chain to change.")
         policy = self.service.update_channel_policy(_settings_place(interaction), **chosen)
         await interaction.response.send_message(
-            f"⚙️ <@{interaction.user.id}> changed this channel: {render.policy_line(policy)}",
+            render.fit(f"⚙️ <@{interaction.user.id}> changed this channel: {render.policy_line(policy)}"),
             allowed_mentions=NO_MENTIONS,
         )
 

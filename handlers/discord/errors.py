@@ -10,7 +10,8 @@ Order of the checks in :func:`user_message`, most specific first:
    only): what is wrong or missing. A command's own exception is unwrapped and checked again.
 5. ``discord.Forbidden``: the bot lacks a permission in that channel; logged as a warning.
 6. other ``discord.HTTPException``: Discord refused or failed; logged as a warning.
-7. anything else: a bug; logged with its traceback, the user gets an apology.
+7. a network error (``NETWORK_ERRORS``): Discord could not be reached; logged as a warning.
+8. anything else: a bug; logged with its traceback, the user gets an apology.
 
 Every path that answers a user (messages, slash commands, buttons, modals, finished jobs)
 goes through :func:`report`, so the same error always reads the same way.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -42,6 +44,18 @@ def _permission_name(permission: str) -> str:
 
 class BadRequest(Exception):
     """What the user sent cannot be used (not an image, too large, no instruction); says why."""
+
+
+#: Failures of the connection to Discord (OSError covers resets and TimeoutError).
+NETWORK_ERRORS = (aiohttp.ClientError, OSError)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether Discord may well take the same call later: it failed (5xx, after discord.py's own
+    retries), limited the rate beyond discord.py's patience, or could not be reached."""
+    if isinstance(error, discord.HTTPException):
+        return error.status >= 500 or error.status == 429
+    return isinstance(error, (discord.RateLimited, *NETWORK_ERRORS))
 
 
 def user_message(error: BaseException) -> str:
@@ -72,6 +86,9 @@ def user_message(error: BaseException) -> str:
     if isinstance(error, discord.HTTPException):
         log.warning("Discord answered %s: %s", error.status, error)
         return "Discord had a problem handling that (it may be busy). Please try again in a moment."
+    if isinstance(error, NETWORK_ERRORS):
+        log.warning("could not reach Discord: %r", error)
+        return "I couldn't reach Discord just now (the connection failed). Please try again in a moment."
     log.error("unexpected error", exc_info=error)
     return UNEXPECTED
 

@@ -18,7 +18,7 @@ import discord
 
 from handlers.discord import delivery, intake, render
 from handlers.discord.delivery import Delivery, Destination, Received
-from handlers.discord.errors import NO_MENTIONS, BadRequest, report
+from handlers.discord.errors import NETWORK_ERRORS, NO_MENTIONS, BadRequest, report
 from handlers.discord.links import INTERACTION_LINK_WAIT_S, Links
 from handlers.discord.moderation import InstructionFilter, SafetyChecker
 from handlers.discord.preferences import Preferences, channel_place
@@ -154,7 +154,8 @@ class Relay:
     # --- jobs: a new conversation, or the next step of one -----------------------------
 
     async def _start(self, received: Received, place: Place, url: str, upload: Upload | None = None) -> None:
-        """A new conversation: record the upload, download it (a failure is the status's reason), queue it."""
+        """A new conversation: record the upload, download it (a failure is the status's reason,
+        and the upload is kept until that is shown, for the next start), queue it."""
         try:
             if upload is None:
                 upload = await self._service.outbox.record_upload(
@@ -167,8 +168,8 @@ class Relay:
                 )
             image = await intake.download(self._bot, url, self._config.download_timeout_s)
         except Exception as error:
-            await self._delivery.fail(received, error)
-            if upload is not None:
+            told = await self._delivery.fail(received, error)
+            if told and upload is not None:
                 await self._service.outbox.drop_upload(upload.id)
             return
         await self._delivery.submit(
@@ -195,11 +196,9 @@ class Relay:
         """Fetch again the uploads a crash interrupted (or tell their senders why not)."""
         for upload in self._service.outbox.pending_uploads():
             destination = Destination.from_context(upload.reply_context)
-            if destination is None or destination.status_message_id is None:
+            status = None if destination is None else destination.status(self._bot)
+            if destination is None or status is None:
                 continue  # another transport's
-            status = ChannelStatus(
-                self._bot, destination.channel_id, destination.status_message_id, destination.guild_id
-            )
             received = Received(upload.requester, upload.instruction, status, destination, upload.id)
             self._delivery.spawn(self._start(received, upload.place, upload.source, upload))
 
@@ -236,12 +235,16 @@ class Relay:
         place = self.place_of(interaction)
         try:
             thread = await self._thread_for(interaction, received.instruction)
-        except discord.HTTPException as error:
+        except (discord.HTTPException, *NETWORK_ERRORS) as error:
             # The status message is already shown: it says why instead of staying "received".
             await self._delivery.fail(received, error)
             return
         if thread is not None:
-            in_thread = Destination(thread.id, interaction.guild_id, None, received.status.message_id)
+            # The result goes to the thread; the status stays in the channel.
+            status = received.status
+            in_thread = Destination(
+                thread.id, interaction.guild_id, None, status.message_id, status.channel_id
+            )
             received = dataclasses.replace(received, destination=in_thread)
             place = intake.place_of(thread, interaction.guild_id)
         await self._start(received, place, attachment.url)
@@ -339,11 +342,16 @@ class Relay:
         await self._steering.pick(interaction, job_id, number)
 
     async def cancel(self, interaction: discord.Interaction, job_id: str) -> None:
-        """The Cancel button: the service decides who may (the requester or a moderator here)."""
+        """The Cancel button: the service decides who may (the requester or a moderator here).
+
+        Deferred first: the service waits for the writer thread, which may be behind image writes
+        for longer than Discord's 3 s to answer an interaction.
+        """
         author = intake.author_of_interaction(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
         cancelled = await self._service.cancel(job_id, author, place=self.place_of(interaction))
         text = "Cancelling that edit…" if cancelled else "That edit has already finished."
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
 
     async def history(self, interaction: discord.Interaction, reference: str | None) -> None:
         """/history: the contact sheet of a result's lineage (default: the channel's latest).

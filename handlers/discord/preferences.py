@@ -2,8 +2,9 @@
 
 Server-wide options (edit channels, the safety check) live on one place per server whose
 channel id is :data:`SERVER_WIDE`; the latest result of each channel (the default of
-/history) lives on that channel's place. Reads are cached: every message in every channel
-asks whether it is in an edit channel, and only /settings changes the answer.
+/history) and the grids of variations recently posted there live on that channel's place.
+Server reads are cached: every message in every channel asks whether it is in an edit
+channel, and only /settings changes the answer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any, Protocol
 from sessions import DiscordConfig, Place
 
 TRANSPORT = "discord"
+#: Grids of variations remembered as posted, per channel: a restart delivers again only what a
+#: crash caught between posting and marking the job delivered, a few at most.
+POSTED_GRIDS_KEPT = 20
 #: The channel id of the place holding a server's own options (no real channel has it).
 SERVER_WIDE = "server"
 
@@ -81,3 +85,11 @@ class Preferences:
 
     def remember_latest(self, place: Place, version_id: str) -> None:
         self._store.update_channel_options(place, latest_version=version_id)
+
+    def grid_posted(self, place: Place, job_id: str) -> bool:
+        """Whether the grid of a variations job was posted here (results are linked instead)."""
+        return job_id in self._store.channel_options(place).get("posted_grids", [])
+
+    def remember_grid(self, place: Place, job_id: str) -> None:
+        posted = self._store.channel_options(place).get("posted_grids", [])
+        self._store.update_channel_options(place, posted_grids=[*posted, job_id][-POSTED_GRIDS_KEPT:])

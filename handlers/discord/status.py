@@ -38,6 +38,8 @@ EDITS_PER_WINDOW = 5
 WINDOW_S = 5.0
 #: Edits of each window that progress leaves to firsts and finals.
 RESERVED = 2
+#: Times an edit Discord rate-limited (a 429 discord.py gave up on) is tried again.
+RATE_LIMITED_TRIES = 3
 FINAL, FIRST, PROGRESS = 0, 1, 2
 
 
@@ -125,6 +127,8 @@ class _Message:
     pending: tuple[int, float, str, discord.ui.View | None, bytes | None] | None = None
     #: Resolved once a final text has been dealt with: True if shown (or refused for good).
     finished: asyncio.Future[bool] | None = None
+    #: Its edits Discord answered with a 429 in a row (each tried again, up to RATE_LIMITED_TRIES).
+    rate_limited: int = 0
 
 
 @dataclass
@@ -232,9 +236,10 @@ class StatusBoard:
 
     async def _send(self, channel: _Channel, message: _Message) -> None:
         assert message.pending is not None
-        priority, _, text, view, preview = message.pending
+        priority, since, text, view, preview = message.pending
         message.pending = None
         sent = True
+        again = False
         files = None
         if preview != message.shown_preview:  # a new picture, or none any more
             files = [] if preview is None else [discord.File(io.BytesIO(preview), "preview.png")]
@@ -245,15 +250,24 @@ class StatusBoard:
                 await message.status.edit(text, view, files)
         except discord.HTTPException as error:
             # A lost progress edit is not worth failing the job; a final one refused for good
-            # (the message is gone) is done with, one Discord failed to take is not.
+            # (the message is gone) is done with, one Discord failed to take is not. A 429 says
+            # "later": the edit goes again when the channel's budget allows, a few times.
             log.warning("could not edit status message %s: %r", message.status.message_id, error)
-            sent = 400 <= error.status < 500
+            sent = 400 <= error.status < 500 and error.status != 429
+            again = error.status == 429 and message.rate_limited < RATE_LIMITED_TRIES
         except Exception as error:  # a dropped connection must not end the channel's edits
             log.warning("could not edit status message %s: %r", message.status.message_id, error)
             sent = False
+        else:
+            message.rate_limited = 0
         finally:
             message.edited_at = self._clock()
             channel.recent.append(message.edited_at)
+        if again:
+            message.rate_limited += 1
+            if message.pending is None:  # else a newer text replaces it
+                message.pending = (priority, since, text, view, preview)
+            return
         message.shown, message.shown_preview = (text, _view_key(view)), preview
         if priority == FINAL and message.finished is not None:
             del channel.messages[message.status.message_id]

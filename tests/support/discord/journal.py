@@ -18,6 +18,8 @@ from tests.support.discord.wire import Record, json_response
 
 #: The ``status`` of a rule whose calls get no answer at all (the request hangs).
 HANG = 0
+#: The ``status`` of a rule whose calls lose their connection (a TCP reset, no answer).
+RESET = 1
 
 
 @dataclass
@@ -39,8 +41,8 @@ class Journal:
         self.log: list[Record] = []
         self._log_changed = asyncio.Condition()
         self._failures: list[FailureRule] = []
-        #: What hanging calls wait for (never set: they hang until the fake stops).
-        self._never = asyncio.Event()
+        #: What hanging calls wait for: the fake stopping.
+        self._stopping = asyncio.Event()
 
     async def record(self, record: Record) -> None:
         """Log a snapshot: the stored message keeps changing as the bot edits it."""
@@ -106,7 +108,8 @@ class Journal:
         when: Callable[[Any, tuple[Any, ...]], bool] | None = None,
     ) -> None:
         """Answer the next ``times`` matching REST calls with ``status`` (429s carry Via +
-        retry_after; :data:`HANG` never answers); ``when`` narrows them by body and files."""
+        retry_after; :data:`HANG` never answers, :data:`RESET` drops the connection); ``when``
+        narrows them by body and files."""
         self._failures.append(
             FailureRule(method.upper(), re.compile(path_pattern), status, times, retry_after, body, when)
         )
@@ -116,13 +119,17 @@ class Journal:
         self._failures.clear()
 
     async def hang(self) -> None:
-        await self._never.wait()
+        await self._stopping.wait()
+
+    def release_hanging(self) -> None:
+        """Let hanging calls end, so the server stops at once instead of waiting for them."""
+        self._stopping.set()
 
     def failure_for(
         self, method: str, path: str, body: Any = None, files: tuple[Any, ...] = ()
     ) -> web.Response | None:
         """The injected answer to this call, if one is due (counted as used); a response with
-        status :data:`HANG` means: don't answer."""
+        status :data:`HANG` means: don't answer, :data:`RESET`: drop the connection."""
         for rule in self._failures:
             if (
                 rule.remaining > 0
@@ -131,8 +138,8 @@ class Journal:
                 and (rule.when is None or rule.when(body, files))
             ):
                 rule.remaining -= 1
-                if rule.status == HANG:
-                    return web.Response(status=HANG)
+                if rule.status in (HANG, RESET):
+                    return web.Response(status=rule.status)
                 if rule.status == 429:
                     body = rule.body or {
                         "message": "You are being rate limited.",

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from tests.support.discord.gateway import Gateway
 from tests.support.discord.interactions import InteractionApi
-from tests.support.discord.journal import HANG, Journal
+from tests.support.discord.journal import HANG, RESET, Journal
 from tests.support.discord.people import People
 from tests.support.discord.rest import RestApi
 from tests.support.discord.state import DiscordState
@@ -80,6 +80,7 @@ class FakeDiscord(DiscordState):
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
+        self.journal.release_hanging()
         await self.gateway.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -117,6 +118,10 @@ class FakeDiscord(DiscordState):
             )
             if failure.status == HANG:
                 await self.journal.hang()
+                return web.Response(status=503)  # the fake is stopping: nobody waits for this
+            if failure.status == RESET:
+                _reset(request)
+                return web.Response(status=500)  # never reaches the bot: the connection is gone
             return failure
         for pattern, route_method, handler in self._routes:
             match = re.fullmatch(pattern, path)

@@ -6,7 +6,8 @@ launcher, which points discord.py at the fake Discord::
 
     python tests/support/discord/launcher.py URL tests/support/discord/stub_bot.py -- --config CONFIG
 
-``STUB_STEPS`` and ``STUB_STEP_S`` set the stand-in's pace (default: 10 steps of 10 ms).
+``STUB_STEPS`` and ``STUB_STEP_S`` set the stand-in's pace (default: 10 steps of 10 ms);
+``STUB_POST_RETRY_S`` (e.g. ``0.05,0.05``) the waits between tries of a result's post.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 def main() -> None:
     from editor.logs import setup_logging
+    from handlers.discord import delivery
     from handlers.discord.bot import run_discord
     from sessions import compose, load_config
     from tests.support.editor import StandInEditor
@@ -28,6 +30,8 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     setup_logging(1 if args.verbose else 0)
+    if "STUB_POST_RETRY_S" in os.environ:
+        delivery.POST_RETRY_DELAYS_S = tuple(float(s) for s in os.environ["STUB_POST_RETRY_S"].split(","))
     config = load_config(args.config)
     editor = StandInEditor(
         steps=int(os.environ.get("STUB_STEPS", "10")),
