@@ -272,6 +272,32 @@ class JobRunner:
         done_here: asyncio.Future[None],
         outcome: asyncio.Future[Any],
     ) -> None:
+        """Record how the job ended and resolve its ticket; whatever fails (even the write of a
+        failure), the ticket is resolved, so no requester waits forever."""
+        try:
+            await self._record_ending(job, handle, request, updates, ahead=ahead, outcome=outcome)
+        except Exception:
+            log.exception("recording how job %s ended failed", job.id)
+        finally:
+            if not outcome.done():
+                self.metrics.failed("recording")
+                outcome.set_exception(JobFailed(UNEXPECTED_MESSAGE))
+            done_here.set_result(None)
+            if self._last_in_line.get(job.conversation_id) is done_here:
+                del self._last_in_line[job.conversation_id]
+
+    async def _record_ending(
+        self,
+        job: Job,
+        handle: JobHandle,
+        request: Work,
+        updates: AsyncIterator[Progress],
+        *,
+        ahead: asyncio.Future[None] | None,
+        outcome: asyncio.Future[Any],
+    ) -> None:
+        """Wait for the worker, then (after the jobs asked before it in its conversation) record
+        the result, failure, cancel or stop, and set it on ``outcome``."""
         watcher = asyncio.create_task(self._mark_when_running(job.id, updates, queued_at=time.monotonic()))
         try:
             try:
@@ -311,10 +337,6 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 await self._finish(job.id, "failed", UNEXPECTED_MESSAGE)
             outcome.set_exception(JobFailed(UNEXPECTED_MESSAGE))
-        finally:
-            done_here.set_result(None)
-            if self._last_in_line.get(job.conversation_id) is done_here:
-                del self._last_in_line[job.conversation_id]
 
     async def _record(self, job: Job, result: WorkResult, request: Work) -> Version | VariationSet:
         """Encode the result (and a start job's upload) off the loop, then write it: a version,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import sqlite3
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -253,6 +254,31 @@ async def test_a_failed_edit_records_a_readable_error(service: EditService, edit
     assert job.state == "failed"
     assert job.error == str(failure.value)
     assert job.finished_at is not None
+
+
+@pytest.mark.parametrize("ending", ["failed", "cancelled", "postponed"])
+async def test_a_job_whose_ending_cannot_be_saved_still_ends_for_its_requester(
+    service: EditService, editor: StandInEditor, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A failed write of how a job ended reaches the requester as a failure, never as a
+    result() that waits forever (and a status that never finishes)."""
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(Store, "requeue" if ending == "postponed" else "finish_job", locked)
+    editor.failures["make it explode"] = RuntimeError("CUDA error: device-side assert")
+    editor.hold("make it snowy")
+    instruction = "make it explode" if ending == "failed" else "make it snowy"
+    ticket = await service.start_edit(PLACE, ANN, picture(), instruction)
+    if ending != "failed":
+        await wait_for(lambda: service.get_job(ticket.job_id).state == "running")
+    if ending == "cancelled":
+        assert await service.cancel(ticket.job_id, ANN, place=PLACE)
+    if ending == "postponed":
+        await service.stop()
+    with pytest.raises(JobFailed, match="Something went wrong while saving"):
+        await ticket.result()
 
 
 async def test_cancels_touch_only_their_own_job_and_strangers_may_not_cancel(
