@@ -36,13 +36,14 @@ from editor.types import EditRequest, EditSettings, InvalidInput
 from editor.worker import EditWorker
 from sessions.derived import STRENGTH_STEP, DerivedEdits, Edit
 from sessions.errors import NotAllowed, NotFound, Rejected, UserError
+from sessions.ids import new_id
 from sessions.jobs import JobRunner, Ticket
 from sessions.metrics import EditMetrics
 from sessions.models import Author, JobKind, Place, VariationSet, Version
 from sessions.outbox import Outbox
 from sessions.places import PlaceChoices
 from sessions.queries import TreeQueries
-from sessions.store import Store, new_id
+from sessions.store import Store
 from sessions.variations import draw_grid
 from sessions.writer import Writer
 

@@ -13,8 +13,9 @@ from sqlite_utils import Database
 from editor.types import EditSettings
 from sessions.config import ConsoleConfig, StorageConfig, load_config
 from sessions.models import Author, Place
+from sessions.records import EditOutcome
 from sessions.schema import MIGRATIONS
-from sessions.store import EditOutcome, Store
+from sessions.store import Store
 from tests.support.db_checks import database_problems
 
 ANN = Author("1", "Ann")
