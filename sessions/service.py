@@ -35,11 +35,12 @@ from editor.images import check_instruction
 from editor.types import EditRequest, EditSettings, InvalidInput
 from editor.worker import EditWorker
 from sessions.derived import STRENGTH_STEP, DerivedEdits, Edit
-from sessions.errors import NotAllowed, NotFound, Rejected, UserError
+from sessions.errors import NotFound, Rejected
 from sessions.ids import new_id
 from sessions.jobs import JobRunner, Ticket
 from sessions.metrics import EditMetrics
 from sessions.models import Author, JobKind, Place, VariationSet, Version
+from sessions.moderation import Moderation
 from sessions.outbox import Outbox
 from sessions.places import PlaceChoices
 from sessions.queries import TreeQueries
@@ -84,7 +85,7 @@ def _new_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-class EditService(PlaceChoices, TreeQueries, DerivedEdits):
+class EditService(PlaceChoices, TreeQueries, Moderation, DerivedEdits):
     """Conversations as edit trees over one store, one edit worker and the editor it runs.
 
     ``editor.check_inputs(request)`` validates a request the way the engine will, so bad input
@@ -322,38 +323,6 @@ class EditService(PlaceChoices, TreeQueries, DerivedEdits):
         assert version_id is not None  # the variation exists
         return self._version(version_id)
 
-    def delete_version(self, version_id: str, by: Author, *, place: Place) -> Version:
-        """Mark a result deleted (its requester or a moderator here): it stays in the tree for
-        the branches made from it, and leaves /history."""
-        version = self.get_version(version_id, place=place)
-        if version.is_original:
-            raise UserError("The original image can't be deleted here; its edits are built on it.")
-        if by.id != version.author_id and not by.is_moderator:
-            raise NotAllowed("Only the person who asked for this edit, or a moderator, can delete it.")
-        return self._store.mark_deleted(version_id, by.id)
-
-    async def cancel(self, job_id: str, by: Author, *, place: Place) -> bool:
-        """Cancel a waiting or running job, or an upload still being fetched; False if it had ended.
-
-        The requester may cancel their own; a moderator only jobs of the server they moderate.
-        """
-        uploads = self._store.uploads.all(job_id)
-        if uploads and self._store.get_job(job_id) is None:
-            _may_cancel(by, uploads[0].requester.id, uploads[0].place, place)
-            await self._writer.run(lambda store: store.uploads.delete(job_id))
-            return True
-        job = self.get_job(job_id)
-        _may_cancel(by, job.requester_id, self._store.conversation_place(job.conversation_id), place)
-        if job.is_final:
-            return False
-        if self._worker.cancel(job_id):
-            return True
-        if self._jobs.following(job_id):
-            return False  # finished in the worker a moment ago; its result is being saved
-        # Left over from an earlier run and not taken up (start() not called yet).
-        await self._writer.run(lambda store: store.finish_job(job_id, "cancelled", "The edit was cancelled."))
-        return True
-
     def stats(self) -> dict[str, Any]:
         """Queue depth, the running job, jobs by state and cache size, for a health check."""
         return self._jobs.stats()
@@ -415,8 +384,3 @@ class EditService(PlaceChoices, TreeQueries, DerivedEdits):
             )
         )
         return await self._jobs.submit(job)
-
-
-def _may_cancel(by: Author, requester_id: str, home: Place, place: Place) -> None:
-    if by.id != requester_id and not (by.is_moderator and home.shares_scope(place)):
-        raise NotAllowed("Only the person who asked for this edit, or a moderator, can cancel it.")
