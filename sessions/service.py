@@ -13,7 +13,8 @@ Decisions worth knowing:
 * **Servers are walls.** Every request names the place it comes from; a version (or a job,
   for moderators) is used only from a place that shares its scope (:meth:`Place.shares_scope`).
 * **Nothing heavy on the loop.** Requests are admitted (caps) before any image is decoded;
-  decoding and drawing run on threads, and a job's writes go through :mod:`sessions.writer`.
+  decoding runs on threads, reading and drawing many images on :mod:`sessions.reader`'s, and a
+  job's writes go through :mod:`sessions.writer`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from sessions.moderation import Moderation
 from sessions.outbox import Outbox
 from sessions.places import PlaceChoices
 from sessions.queries import TreeQueries
+from sessions.reader import Reader
 from sessions.store import Store
 from sessions.variations import draw_grid
 from sessions.writer import Writer
@@ -94,9 +96,12 @@ class EditService(PlaceChoices, TreeQueries, Moderation, DerivedEdits):
     Use it from one event loop.
     """
 
-    def __init__(self, store: Store, writer: Writer, worker: EditWorker, editor: ServiceEditor) -> None:
+    def __init__(
+        self, store: Store, writer: Writer, worker: EditWorker, editor: ServiceEditor, *, reader: Reader
+    ) -> None:
         super().__init__(store, editor.defaults, editor.template_names)
         self._writer = writer
+        self._reader = reader
         self._worker = worker
         self._editor = editor
         self._jobs = JobRunner(
@@ -301,11 +306,12 @@ class EditService(PlaceChoices, TreeQueries, Moderation, DerivedEdits):
         return found
 
     async def variation_grid(self, job_id: str, *, place: Place) -> bytes:
-        """One PNG of a variations job's alternatives, numbered like the buttons that pick them
-        (drawn on a thread)."""
-        found = self.variation_set(job_id, place=place)
-        pngs = [self.variation_png(job_id, v.number, place=place) for v in found.variations]
-        return await asyncio.to_thread(draw_grid, pngs)
+        """One PNG of a variations job's alternatives, numbered like the buttons that pick them;
+        the images are read and drawn on a thread (:mod:`sessions.reader`), off the event loop."""
+        numbers = [variation.number for variation in self.variation_set(job_id, place=place).variations]
+        return await self._reader.run(
+            lambda store: draw_grid([store.variations.image_png(job_id, n) or b"" for n in numbers])
+        )
 
     def variation_png(self, job_id: str, number: int, *, place: Place) -> bytes:
         self._within(self.get_job(job_id).conversation_id, place)

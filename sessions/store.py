@@ -5,7 +5,9 @@ writes both: a crash leaves neither an image without its version nor a version w
 its image. Every multi-row write runs in ``Database.atomic()``. The store is synchronous;
 a running bot has two over the same file (WAL): the event loop's, for reads and a few one-row
 writes (message links, place choices, deletions), and :mod:`sessions.writer`'s, on its own
-thread, for every job's life and every image (jobs, results, variations, uploads).
+thread, for every job's life and every image (jobs, results, variations, uploads). Reads of
+many images at once (a contact sheet, a grid) open read-only ones on threads
+(:mod:`sessions.reader`).
 
 The rows are read and written by the mixins :class:`Store` is made of: the edit tree
 (:mod:`sessions.tree_rows`), jobs (:mod:`sessions.job_rows`), message links and places
@@ -44,25 +46,38 @@ class Store(JobRows, PlaceRows):
 
     @classmethod
     def open(
-        cls, path: str | Path, *, inversion_cache_bytes: int = 512 * 1024 * 1024, busy_timeout_s: float = 10.0
+        cls,
+        path: str | Path,
+        *,
+        inversion_cache_bytes: int = 512 * 1024 * 1024,
+        busy_timeout_s: float = 10.0,
+        read_only: bool = False,
     ) -> Store:
         """Open (creating if needed) and migrate the database; ``":memory:"`` works too.
 
+        ``read_only`` opens an existing, migrated file for reads alone (a reader thread's own
+        connection, see :mod:`sessions.reader`): nothing is created, migrated or written.
         Raises :class:`StorageUnavailable` (one line: the path and why) when it cannot be opened.
         """
+        on_disk = str(path) != ":memory:"
         folder = Path(path).parent
-        if str(path) != ":memory:" and folder.exists() and not folder.is_dir():
+        if on_disk and folder.exists() and not folder.is_dir():
             raise StorageUnavailable(f"cannot open the database {path}: {folder} is a file, not a folder")
         try:
-            if str(path) != ":memory:":
-                folder.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(str(path), timeout=busy_timeout_s)
+            if read_only:
+                uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+                connection = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s)
+            else:
+                if on_disk:
+                    folder.mkdir(parents=True, exist_ok=True)
+                connection = sqlite3.connect(str(path), timeout=busy_timeout_s)
             db = Database(connection)
             db.execute("PRAGMA foreign_keys = ON")
             db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            if str(path) != ":memory:":
-                _enable_wal(db, busy_timeout_s)
-            migrate(db)
+            if not read_only:
+                if on_disk:
+                    _enable_wal(db, busy_timeout_s)
+                migrate(db)
         except (OSError, sqlite3.Error) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
             raise StorageUnavailable(f"cannot open the database {path}: {reason}") from error

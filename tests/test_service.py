@@ -38,6 +38,7 @@ from sessions import (
     Ticket,
     UserError,
     Version,
+    queries,
 )
 from sessions.store import Store
 from tests.support.db_checks import database_problems
@@ -662,6 +663,34 @@ async def test_a_jobs_writes_and_its_images_are_made_on_the_writer_thread(
     first = await first_version(service)
     assert threads == dict.fromkeys(("add_job", "mark_running", "record_result"), "store-writer")
     assert service.get_version(first.id, place=PLACE) == first  # a read after the write sees it
+
+
+async def test_a_contact_sheet_reads_and_draws_its_images_off_the_event_loop(
+    app: App, service: EditService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to 40 full-size images: read on a thread of their own, never on the loop's connection."""
+    first = await first_version(service)
+    second = await finished(service.continue_edit(first.id, ANN, "add a hat", place=PLACE))
+    reads: list[tuple[str, Store]] = []
+    drawn_on: list[str] = []
+    read_image, draw = Store.image_png, queries.draw_lineage
+
+    def reading(store: Store, version_id: str) -> bytes | None:
+        reads.append((threading.current_thread().name, store))
+        return read_image(store, version_id)
+
+    def drawing(*args: Any) -> bytes:
+        drawn_on.append(threading.current_thread().name)
+        return draw(*args)
+
+    monkeypatch.setattr(Store, "image_png", reading)
+    monkeypatch.setattr(queries, "draw_lineage", drawing)
+    sheet = await service.contact_sheet(second.id, place=PLACE)
+    assert Image.open(io.BytesIO(sheet)).format == "PNG"
+    assert len(reads) == 3, "the original, the first edit and the second"
+    [thread] = {thread for thread, _ in reads} | set(drawn_on)  # read and drawn in one go
+    assert thread not in (threading.current_thread().name, "store-writer")
+    assert all(store is not app.store for _, store in reads)
 
 
 # --- the outbox -----------------------------------------------------------------------------------

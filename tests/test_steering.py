@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,11 @@ from sessions import (
     UserError,
     Version,
 )
+from sessions import service as service_module
 from sessions.policy import ChannelPolicy
 from sessions.schema import MIGRATIONS
 from sessions.store import Store
+from sessions.variation_store import VariationStore
 from tests.support.db_checks import database_problems
 from tests.support.editor import StandInEditor, stand_in_app
 from tests.test_service import picture
@@ -213,6 +216,30 @@ async def test_the_original_is_kept_as_posted_and_undo_shows_it(service: EditSer
         assert image.getpixel((75, 50)) == (10, 200, 30)
     again = await finished(service.continue_edit(original.id, BOB, "add a scarf", place=PLACE))
     assert (again.width, again.height) == (32, 24)
+
+
+async def test_a_grid_of_variations_reads_and_draws_its_images_off_the_event_loop(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = await finished(app.service.variations((await edited(app.service)).id, BOB, place=PLACE))
+    threads: list[str] = []
+    read_image, draw = VariationStore.image_png, service_module.draw_grid
+
+    def reading(variations: VariationStore, job_id: str, number: int) -> bytes | None:
+        threads.append(threading.current_thread().name)
+        assert variations.db is not app.store.db, "a connection of its own"
+        return read_image(variations, job_id, number)
+
+    def drawing(pngs: list[bytes]) -> bytes:
+        threads.append(threading.current_thread().name)
+        return draw(pngs)
+
+    monkeypatch.setattr(VariationStore, "image_png", reading)
+    monkeypatch.setattr(service_module, "draw_grid", drawing)
+    await app.service.variation_grid(made.job_id, place=PLACE)
+    assert len(threads) == 5, "four images read, one grid drawn"
+    [thread] = set(threads)  # read and drawn in one go
+    assert thread not in (threading.current_thread().name, "store-writer")
 
 
 async def test_variations_are_one_batch_on_the_parents_inversion_and_picking_makes_versions(
