@@ -28,7 +28,7 @@ class Moderation:
     def get_job(self, job_id: str) -> Job:
         raise NotImplementedError  # TreeQueries'
 
-    def delete_version(self, version_id: str, by: Author, *, place: Place) -> Version:
+    async def delete_version(self, version_id: str, by: Author, *, place: Place) -> Version:
         """Mark a result deleted (its requester or a moderator here): it stays in the tree for
         the branches made from it, and leaves /history."""
         version = self.get_version(version_id, place=place)
@@ -36,7 +36,7 @@ class Moderation:
             raise UserError("The original image can't be deleted here; its edits are built on it.")
         if by.id != version.author_id and not by.is_moderator:
             raise NotAllowed("Only the person who asked for this edit, or a moderator, can delete it.")
-        return self._store.mark_deleted(version_id, by.id)
+        return await self._writer.run(lambda store: store.mark_deleted(version_id, by.id))
 
     async def cancel(self, job_id: str, by: Author, *, place: Place) -> bool:
         """Cancel a waiting or running job, or an upload still being fetched; False if it had ended.

@@ -91,8 +91,3 @@ class TreeQueries:
 
     def version_for_message(self, transport: str, message_id: str | int) -> Version | None:
         return self._store.version_for_message(transport, str(message_id))
-
-    def link_message(self, transport: str, message_id: str | int, version_id: str) -> None:
-        """Remember that a transport's message shows a version (several messages may)."""
-        self._version(version_id)
-        self._store.link_message(transport, str(message_id), version_id)

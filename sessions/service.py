@@ -99,8 +99,7 @@ class EditService(PlaceChoices, TreeQueries, Moderation, DerivedEdits):
     def __init__(
         self, store: Store, writer: Writer, worker: EditWorker, editor: ServiceEditor, *, reader: Reader
     ) -> None:
-        super().__init__(store, editor.defaults, editor.template_names)
-        self._writer = writer
+        super().__init__(store, writer, editor.defaults, editor.template_names)
         self._reader = reader
         self._worker = worker
         self._editor = editor
@@ -328,6 +327,11 @@ class EditService(PlaceChoices, TreeQueries, Moderation, DerivedEdits):
         version_id = await self._writer.run(lambda store: store.variations.pick(job_id, number, author, now))
         assert version_id is not None  # the variation exists
         return self._version(version_id)
+
+    async def link_message(self, transport: str, message_id: str | int, version_id: str) -> None:
+        """Remember that a transport's message shows a version (several messages may)."""
+        self._version(version_id)
+        await self._writer.run(lambda store: store.link_message(transport, str(message_id), version_id))
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, the running job, jobs by state and cache size, for a health check."""

@@ -3,10 +3,10 @@
 Images live in the database as PNG BLOBs next to their metadata, so one transaction
 writes both: a crash leaves neither an image without its version nor a version without
 its image. Every multi-row write runs in ``Database.atomic()``. The store is synchronous;
-a running bot has two over the same file (WAL): the event loop's, for reads and a few one-row
-writes (message links, place choices, deletions), and :mod:`sessions.writer`'s, on its own
-thread, for every job's life and every image (jobs, results, variations, uploads). Reads of
-many images at once (a contact sheet, a grid) open read-only ones on threads
+a running bot has two over the same file (WAL): the event loop's, for reads, and
+:mod:`sessions.writer`'s, on its own thread, for every write (a job's life and its images,
+uploads, message links, place choices, deletions), so the loop never waits on a write lock.
+Reads of many images at once (a contact sheet, a grid) open read-only ones on threads
 (:mod:`sessions.reader`).
 
 The rows are read and written by the mixins :class:`Store` is made of: the edit tree
