@@ -107,7 +107,7 @@ class ConsoleChat(SteeringCommands):
         lines = self._lines = self._read_lines()
         self._say("Pix2Pix-OnTheFly console. Type /help for commands.")
         if self._service.channel_policy(self._place).previews != self._previews:
-            self._service.update_channel_policy(self._place, previews=self._previews)
+            await self._service.update_channel_policy(self._place, previews=self._previews)
         for ticket in self._recovered:
             self._say(f"Finishing “{ticket.job.instruction}”, started before the restart…")
             await self._follow(ticket)
@@ -219,7 +219,7 @@ class ConsoleChat(SteeringCommands):
         return True
 
     async def _undo(self, _: str) -> bool:
-        self._show(self._service.undo(self._require_current().id, place=self._place), "Back to")
+        await self._show(self._service.undo(self._require_current().id, place=self._place), "Back to")
         return True
 
     async def _retry(self, _: str) -> bool:
@@ -292,7 +292,9 @@ class ConsoleChat(SteeringCommands):
         if not argument:
             self._say("Please give a version id, e.g. /goto 7hk2mq9x3a (see /versions).")
             return True
-        self._show(self._service.get_version(argument.split(maxsplit=1)[0], place=self._place), "Now at")
+        await self._show(
+            self._service.get_version(argument.split(maxsplit=1)[0], place=self._place), "Now at"
+        )
         return True
 
     async def _help(self, _: str) -> bool:
@@ -331,12 +333,12 @@ class ConsoleChat(SteeringCommands):
             if isinstance(made, VariationSet):
                 await self._show_variations(made)
             else:
-                self._show(made, "Done:")
+                await self._show(made, "Done:")
         await self._service.outbox.mark_delivered(ticket.job_id)
 
-    def _show(self, version: Version, verb: str) -> None:
+    async def _show(self, version: Version, verb: str) -> None:
         """Make a version current, write its image and print where it is."""
-        self._service.update_channel_options(self._place, **{CURRENT: version.id})
+        await self._service.update_channel_options(self._place, **{CURRENT: version.id})
         path = self._outputs / f"{version.id}.png"
         if not path.exists():
             self._outputs.mkdir(parents=True, exist_ok=True)

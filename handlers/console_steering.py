@@ -33,7 +33,7 @@ class _Chat(Protocol):
     def _say(self, text: str) -> None: ...
     def _require_current(self) -> Version: ...
     def _reply_context(self) -> dict[str, str]: ...
-    def _show(self, version: Version, verb: str) -> None: ...
+    async def _show(self, version: Version, verb: str) -> None: ...
     async def _follow(self, ticket: Ticket[Any]) -> None: ...
     async def _ask(self, prompt: str) -> str | None: ...
 
@@ -85,8 +85,8 @@ class SteeringCommands:
 
     async def _delete(self: _Chat, _: str) -> bool:
         current = self._require_current()
-        self._service.delete_version(current.id, self._author, place=self._place)
-        self._show(self._service.undo(current.id, place=self._place), f"Deleted {current.id}; back to")
+        await self._service.delete_version(current.id, self._author, place=self._place)
+        await self._show(self._service.undo(current.id, place=self._place), f"Deleted {current.id}; back to")
         return True
 
     async def _variations(self: _Chat, _: str) -> bool:
@@ -122,7 +122,7 @@ class SteeringCommands:
         version = await self._service.pick_variation(
             self._variations_job, int(argument), self._author, place=self._place
         )
-        self._show(version, "Picked")
+        await self._show(version, "Picked")
         return True
 
     def _write_preview(self: _Chat, job_id: str, png: bytes) -> Path:
@@ -138,6 +138,6 @@ class SteeringCommands:
             current = self._service.channel_policy(self._place).chain
             self._say(f"Chain mode is {current}. Say /chain {' or /chain '.join(CHAIN_MODES)}.")
             return True
-        self._service.update_channel_policy(self._place, chain=mode)
+        await self._service.update_channel_policy(self._place, chain=mode)
         self._say(f"Chain mode is now {mode}.")
         return True

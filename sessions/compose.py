@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from editor.replicas import Replica, engine_front, load_engine, start_ray_replicas
 from editor.worker import EditWorker
 from sessions.config import AppConfig
+from sessions.reader import Reader
 from sessions.service import EditService, ServiceEditor
 from sessions.store import Store
 from sessions.writer import Writer
@@ -50,13 +51,14 @@ class App:
         self.store.close()
 
 
-def open_store(config: AppConfig) -> Store:
+def open_store(config: AppConfig, *, read_only: bool = False) -> Store:
     """The SQLite store with the storage section's cache budget and busy timeout."""
     storage = config.storage
     return Store.open(
         storage.database_path,
         inversion_cache_bytes=storage.inversion_cache_bytes,
         busy_timeout_s=storage.busy_timeout_s,
+        read_only=read_only,
     )
 
 
@@ -95,4 +97,6 @@ def compose(
         store.close()
         raise
     worker = EditWorker(runs, config.worker)
-    return App(config, store, front, worker, EditService(store, writer, worker, front), writer, pool)
+    reader = Reader(partial(open_store, config, read_only=True))
+    service = EditService(store, writer, worker, front, reader=reader)
+    return App(config, store, front, worker, service, writer, pool)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import io
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -40,16 +39,14 @@ from typing import Any, Generic, TypeVar
 
 from editor.config import LimitsConfig
 from editor.failures import EditFailed, WorkerRejected, WorkerStopped
-from editor.images import load_original
 from editor.progress import JobHandle, Progress
-from editor.types import EditCancelled, EditRequest, EditResult, EditSettings, Inversion, Work, WorkResult
+from editor.types import EditCancelled, EditRequest, EditSettings, Inversion, Work, WorkResult
 from editor.worker import EditWorker
+from sessions.encoding import edit_outcome, original_png, variations_made
 from sessions.errors import JobFailed, Postponed, Rejected, UserError
 from sessions.metrics import EditMetrics, error_kind
 from sessions.models import Job, VariationSet, Version
-from sessions.provenance import png_with_text, provenance
-from sessions.store import EditOutcome, Store
-from sessions.variation_store import MadeVariation
+from sessions.store import Store
 from sessions.variations import variation_requests
 from sessions.writer import Writer
 
@@ -272,6 +269,32 @@ class JobRunner:
         done_here: asyncio.Future[None],
         outcome: asyncio.Future[Any],
     ) -> None:
+        """Record how the job ended and resolve its ticket; whatever fails (even the write of a
+        failure), the ticket is resolved, so no requester waits forever."""
+        try:
+            await self._record_ending(job, handle, request, updates, ahead=ahead, outcome=outcome)
+        except Exception:
+            log.exception("recording how job %s ended failed", job.id)
+        finally:
+            if not outcome.done():
+                self.metrics.failed("recording")
+                outcome.set_exception(JobFailed(UNEXPECTED_MESSAGE))
+            done_here.set_result(None)
+            if self._last_in_line.get(job.conversation_id) is done_here:
+                del self._last_in_line[job.conversation_id]
+
+    async def _record_ending(
+        self,
+        job: Job,
+        handle: JobHandle,
+        request: Work,
+        updates: AsyncIterator[Progress],
+        *,
+        ahead: asyncio.Future[None] | None,
+        outcome: asyncio.Future[Any],
+    ) -> None:
+        """Wait for the worker, then (after the jobs asked before it in its conversation) record
+        the result, failure, cancel or stop, and set it on ``outcome``."""
         watcher = asyncio.create_task(self._mark_when_running(job.id, updates, queued_at=time.monotonic()))
         try:
             try:
@@ -311,24 +334,20 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 await self._finish(job.id, "failed", UNEXPECTED_MESSAGE)
             outcome.set_exception(JobFailed(UNEXPECTED_MESSAGE))
-        finally:
-            done_here.set_result(None)
-            if self._last_in_line.get(job.conversation_id) is done_here:
-                del self._last_in_line[job.conversation_id]
 
     async def _record(self, job: Job, result: WorkResult, request: Work) -> Version | VariationSet:
         """Encode the result (and a start job's upload) off the loop, then write it: a version,
         or a job's alternatives."""
         if isinstance(result, tuple):
             assert isinstance(request, tuple)
-            made, inversion = await asyncio.to_thread(_variations_made, result, request, self._models)
+            made, inversion = await asyncio.to_thread(variations_made, result, request, self._models)
             now = time.time()
             return await self._writer.run(lambda store: store.variations.record(job.id, made, inversion, now))
         assert isinstance(request, EditRequest)
-        edit = await asyncio.to_thread(_edit_outcome, result, request, self._models)
+        edit = await asyncio.to_thread(edit_outcome, result, request, self._models)
         if job.kind == "start":
             assert isinstance(request.image, bytes)  # a start job's upload, as stored
-            original = await asyncio.to_thread(_original, request.image, self._limits)
+            original = await asyncio.to_thread(original_png, request.image, self._limits)
             edit = dataclasses.replace(edit, original=original)
         return await self._writer.run(lambda store: store.record_result(job.id, edit))
 
@@ -362,54 +381,6 @@ def _ended_ticket(job: Job, error: UserError | EditCancelled) -> Ticket[Any]:
     outcome = _outcome_future()
     outcome.set_exception(error)
     return Ticket(job, None, outcome)
-
-
-def _edit_outcome(result: EditResult, request: EditRequest, models: Mapping[str, str]) -> EditOutcome:
-    """Encode a result for the store (PNG with its provenance, serialised inversion); runs off
-    the event loop."""
-    inverted_now = result.inversion is not request.inversion
-    return EditOutcome(
-        image_png=png_with_text(result.image, provenance(request, result, models)),
-        width=result.image.width,
-        height=result.image.height,
-        caption=result.caption,
-        before_captions=tuple(result.before_captions),
-        after_captions=tuple(result.after_captions),
-        inversion=result.inversion.to_bytes() if inverted_now else None,
-        inversion_key=result.inversion.key,
-        notes=result.notes,
-    )
-
-
-def _original(upload: bytes, limits: LimitsConfig) -> tuple[bytes, int, int]:
-    """The upload as posted (upright RGB, full size) as PNG, with its size."""
-    image = load_original(upload, limits)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue(), image.width, image.height
-
-
-def _variations_made(
-    results: tuple[EditResult, ...], requests: tuple[EditRequest, ...], models: Mapping[str, str]
-) -> tuple[list[MadeVariation], tuple[str, bytes] | None]:
-    """Encode a batch's results (PNGs with provenance) and the inversion they shared, if new."""
-    made = [
-        MadeVariation(
-            seed=request.seed,
-            settings=request.settings,
-            image_png=png_with_text(result.image, provenance(request, result, models)),
-            width=result.image.width,
-            height=result.image.height,
-            caption=result.caption,
-            before_captions=tuple(result.before_captions),
-            after_captions=tuple(result.after_captions),
-            notes=result.notes,
-        )
-        for result, request in zip(results, requests, strict=True)
-    ]
-    inversion = results[0].inversion
-    inverted_now = inversion is not requests[0].inversion
-    return made, ((inversion.key, inversion.to_bytes()) if inverted_now else None)
 
 
 def _run_seconds(result: WorkResult) -> float:

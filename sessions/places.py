@@ -1,7 +1,9 @@
 """A place's own choices: edit-setting overrides, the transports' options, the steering policy.
 
-:class:`EditService` inherits these queries; they need only the store and the editor's
-defaults and templates. A thread inherits its channel's choices and may override them.
+:class:`EditService` inherits these; they need only the store, its writer and the editor's
+defaults and templates. A thread inherits its channel's choices and may override them. Reads
+use the loop's connection; changes go through :mod:`sessions.writer`, so a slash command never
+waits on the database lock while a job's result is being written.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from sessions.models import Place
 from sessions.policy import OPTION as POLICY_OPTION
 from sessions.policy import ChannelPolicy, checked_changes
 from sessions.store import Store
+from sessions.writer import Writer
 
 
 class PlaceChoices:
     """Per-place settings, options and policy over the store."""
 
-    def __init__(self, store: Store, defaults: EditSettings, templates: tuple[str, ...]) -> None:
+    def __init__(
+        self, store: Store, writer: Writer, defaults: EditSettings, templates: tuple[str, ...]
+    ) -> None:
         self._store = store
+        self._writer = writer
         self._defaults = defaults
         self._templates = templates
 
@@ -49,7 +55,7 @@ class PlaceChoices:
         }
         return self.defaults.replace(**overrides)
 
-    def update_channel_settings(self, place: Place, **changes: Any) -> EditSettings:
+    async def update_channel_settings(self, place: Place, **changes: Any) -> EditSettings:
         """Override settings for a place; a value of None goes back to the default."""
         unknown = sorted(set(changes) - set(self.defaults.to_dict()))
         if unknown:
@@ -62,16 +68,16 @@ class PlaceChoices:
             candidate.validate(self.templates)
         except InvalidInput as error:
             raise Rejected(str(error)) from error
-        self._store.update_place(place, "settings", changes)
+        await self._writer.run(lambda store: store.update_place(place, "settings", changes))
         return self.channel_settings(place)
 
     def channel_options(self, place: Place) -> dict[str, Any]:
         """Free-form per-place state for transports (e.g. an edit-channel flag)."""
         return self._store.place_options(place)
 
-    def update_channel_options(self, place: Place, **changes: Any) -> dict[str, Any]:
+    async def update_channel_options(self, place: Place, **changes: Any) -> dict[str, Any]:
         """Merge JSON-serialisable options into a place's; a value of None removes one."""
-        return self._store.update_place(place, "options", changes)
+        return await self._writer.run(lambda store: store.update_place(place, "options", changes))
 
     def channel_policy(self, place: Place) -> ChannelPolicy:
         """Who may press buttons, previews, chain mode: the place's (a thread inherits its channel's)."""
@@ -81,13 +87,18 @@ class PlaceChoices:
             policy = policy.merged(self._store.place_options(layer).get(POLICY_OPTION, {}))
         return policy
 
-    def update_channel_policy(self, place: Place, **changes: Any) -> ChannelPolicy:
+    async def update_channel_policy(self, place: Place, **changes: Any) -> ChannelPolicy:
         """Change a place's policy; a value of None goes back to the default."""
-        current = dict(self._store.place_options(place).get(POLICY_OPTION, {}))
-        for name, value in checked_changes(changes).items():
-            if value is None:
-                current.pop(name, None)
-            else:
-                current[name] = value
-        self._store.update_place(place, "options", {POLICY_OPTION: current})
+        checked = checked_changes(changes)
+
+        def merge(store: Store) -> None:  # on the writer, so two changes at once both stay
+            current = dict(store.place_options(place).get(POLICY_OPTION, {}))
+            for name, value in checked.items():
+                if value is None:
+                    current.pop(name, None)
+                else:
+                    current[name] = value
+            store.update_place(place, "options", {POLICY_OPTION: current})
+
+        await self._writer.run(merge)
         return self.channel_policy(place)

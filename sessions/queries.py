@@ -1,18 +1,17 @@
 """What the service answers about the edit tree: versions, their images, lineages, links.
 
-:class:`EditService` inherits these queries; they read the store only. Deleted versions stay
-in the tree (their branches need them) but leave /history and are skipped by undo. Servers are
-walls: a version is only used from a place that shares its scope (:meth:`Place.shares_scope`),
-whatever the transport delivered.
+:class:`EditService` inherits these queries; they read the store only (many images at once
+on a reader thread). Deleted versions stay in the tree (their branches need them) but leave
+/history and are skipped by undo. Servers are walls: a version is only used from a place that
+shares its scope (:meth:`Place.shares_scope`), whatever the transport delivered.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from sessions.contact_sheet import draw_lineage, shown_steps
 from sessions.errors import NotAllowed, NotFound, NothingToUndo
 from sessions.models import Job, Place, Version
+from sessions.reader import Reader
 from sessions.store import Store
 
 #: The longest history drawn on one contact sheet (the original and the latest steps).
@@ -24,6 +23,7 @@ class TreeQueries:
     """Read-only questions about conversations, over the store."""
 
     _store: Store
+    _reader: Reader
 
     def get_version(self, version_id: str, *, place: Place) -> Version:
         """A version, for a request made in ``place`` (NotAllowed from another server or chat)."""
@@ -77,19 +77,17 @@ class TreeQueries:
     async def contact_sheet(self, version_id: str, *, place: Place) -> bytes:
         """A PNG of the lineage: thumbnails in order with their instructions and authors.
 
-        The images are read here; drawing (seconds for a long lineage) runs on a thread.
+        Up to :data:`CONTACT_SHEET_LIMIT` full-size images are read and drawn (seconds for a long
+        lineage) on a thread with its own connection (:mod:`sessions.reader`), off the event loop.
         """
         lineage = self.history(version_id, place=place)
-        pngs = {
-            version.id: self._store.image_png(version.id) or b""
-            for _, version in shown_steps(lineage, CONTACT_SHEET_LIMIT)
-        }
-        return await asyncio.to_thread(draw_lineage, lineage, pngs, CONTACT_SHEET_LIMIT)
+        shown = [version.id for _, version in shown_steps(lineage, CONTACT_SHEET_LIMIT)]
+
+        def read_and_draw(store: Store) -> bytes:
+            pngs = {shown_id: store.image_png(shown_id) or b"" for shown_id in shown}
+            return draw_lineage(lineage, pngs, CONTACT_SHEET_LIMIT)
+
+        return await self._reader.run(read_and_draw)
 
     def version_for_message(self, transport: str, message_id: str | int) -> Version | None:
         return self._store.version_for_message(transport, str(message_id))
-
-    def link_message(self, transport: str, message_id: str | int, version_id: str) -> None:
-        """Remember that a transport's message shows a version (several messages may)."""
-        self._version(version_id)
-        self._store.link_message(transport, str(message_id), version_id)

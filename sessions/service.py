@@ -13,7 +13,8 @@ Decisions worth knowing:
 * **Servers are walls.** Every request names the place it comes from; a version (or a job,
   for moderators) is used only from a place that shares its scope (:meth:`Place.shares_scope`).
 * **Nothing heavy on the loop.** Requests are admitted (caps) before any image is decoded;
-  decoding and drawing run on threads, and a job's writes go through :mod:`sessions.writer`.
+  decoding runs on threads, reading and drawing many images on :mod:`sessions.reader`'s, and a
+  job's writes go through :mod:`sessions.writer`.
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ from editor.images import check_instruction
 from editor.types import EditRequest, EditSettings, InvalidInput
 from editor.worker import EditWorker
 from sessions.derived import STRENGTH_STEP, DerivedEdits, Edit
-from sessions.errors import NotAllowed, NotFound, Rejected, UserError
+from sessions.errors import NotFound, Rejected
+from sessions.ids import new_id
 from sessions.jobs import JobRunner, Ticket
 from sessions.metrics import EditMetrics
 from sessions.models import Author, JobKind, Place, VariationSet, Version
+from sessions.moderation import Moderation
 from sessions.outbox import Outbox
 from sessions.places import PlaceChoices
 from sessions.queries import TreeQueries
-from sessions.store import Store, new_id
+from sessions.reader import Reader
+from sessions.store import Store
 from sessions.variations import draw_grid
 from sessions.writer import Writer
 
@@ -83,7 +87,7 @@ def _new_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-class EditService(PlaceChoices, TreeQueries, DerivedEdits):
+class EditService(PlaceChoices, TreeQueries, Moderation, DerivedEdits):
     """Conversations as edit trees over one store, one edit worker and the editor it runs.
 
     ``editor.check_inputs(request)`` validates a request the way the engine will, so bad input
@@ -92,9 +96,11 @@ class EditService(PlaceChoices, TreeQueries, DerivedEdits):
     Use it from one event loop.
     """
 
-    def __init__(self, store: Store, writer: Writer, worker: EditWorker, editor: ServiceEditor) -> None:
-        super().__init__(store, editor.defaults, editor.template_names)
-        self._writer = writer
+    def __init__(
+        self, store: Store, writer: Writer, worker: EditWorker, editor: ServiceEditor, *, reader: Reader
+    ) -> None:
+        super().__init__(store, writer, editor.defaults, editor.template_names)
+        self._reader = reader
         self._worker = worker
         self._editor = editor
         self._jobs = JobRunner(
@@ -299,11 +305,12 @@ class EditService(PlaceChoices, TreeQueries, DerivedEdits):
         return found
 
     async def variation_grid(self, job_id: str, *, place: Place) -> bytes:
-        """One PNG of a variations job's alternatives, numbered like the buttons that pick them
-        (drawn on a thread)."""
-        found = self.variation_set(job_id, place=place)
-        pngs = [self.variation_png(job_id, v.number, place=place) for v in found.variations]
-        return await asyncio.to_thread(draw_grid, pngs)
+        """One PNG of a variations job's alternatives, numbered like the buttons that pick them;
+        the images are read and drawn on a thread (:mod:`sessions.reader`), off the event loop."""
+        numbers = [variation.number for variation in self.variation_set(job_id, place=place).variations]
+        return await self._reader.run(
+            lambda store: draw_grid([store.variations.image_png(job_id, n) or b"" for n in numbers])
+        )
 
     def variation_png(self, job_id: str, number: int, *, place: Place) -> bytes:
         self._within(self.get_job(job_id).conversation_id, place)
@@ -321,37 +328,10 @@ class EditService(PlaceChoices, TreeQueries, DerivedEdits):
         assert version_id is not None  # the variation exists
         return self._version(version_id)
 
-    def delete_version(self, version_id: str, by: Author, *, place: Place) -> Version:
-        """Mark a result deleted (its requester or a moderator here): it stays in the tree for
-        the branches made from it, and leaves /history."""
-        version = self.get_version(version_id, place=place)
-        if version.is_original:
-            raise UserError("The original image can't be deleted here; its edits are built on it.")
-        if by.id != version.author_id and not by.is_moderator:
-            raise NotAllowed("Only the person who asked for this edit, or a moderator, can delete it.")
-        return self._store.mark_deleted(version_id, by.id)
-
-    async def cancel(self, job_id: str, by: Author, *, place: Place) -> bool:
-        """Cancel a waiting or running job, or an upload still being fetched; False if it had ended.
-
-        The requester may cancel their own; a moderator only jobs of the server they moderate.
-        """
-        uploads = self._store.uploads.all(job_id)
-        if uploads and self._store.get_job(job_id) is None:
-            _may_cancel(by, uploads[0].requester.id, uploads[0].place, place)
-            await self._writer.run(lambda store: store.uploads.delete(job_id))
-            return True
-        job = self.get_job(job_id)
-        _may_cancel(by, job.requester_id, self._store.conversation_place(job.conversation_id), place)
-        if job.is_final:
-            return False
-        if self._worker.cancel(job_id):
-            return True
-        if self._jobs.following(job_id):
-            return False  # finished in the worker a moment ago; its result is being saved
-        # Left over from an earlier run and not taken up (start() not called yet).
-        await self._writer.run(lambda store: store.finish_job(job_id, "cancelled", "The edit was cancelled."))
-        return True
+    async def link_message(self, transport: str, message_id: str | int, version_id: str) -> None:
+        """Remember that a transport's message shows a version (several messages may)."""
+        self._version(version_id)
+        await self._writer.run(lambda store: store.link_message(transport, str(message_id), version_id))
 
     def stats(self) -> dict[str, Any]:
         """Queue depth, the running job, jobs by state and cache size, for a health check."""
@@ -414,8 +394,3 @@ class EditService(PlaceChoices, TreeQueries, DerivedEdits):
             )
         )
         return await self._jobs.submit(job)
-
-
-def _may_cancel(by: Author, requester_id: str, home: Place, place: Place) -> None:
-    if by.id != requester_id and not (by.is_moderator and home.shares_scope(place)):
-        raise NotAllowed("Only the person who asked for this edit, or a moderator, can cancel it.")

@@ -106,7 +106,7 @@ async def test_compose_turns_reuse_the_originals_inversion_reinvert_turns_do_not
 ) -> None:
     bot, editor = app
     service = bot.service
-    service.update_channel_policy(PLACE, chain="compose")
+    await service.update_channel_policy(PLACE, chain="compose")
     first = await finished(service.start_edit(PLACE, ANN, picture(), "add a hat"))
     assert editor.inversions == 1
     second = await finished(service.continue_edit(first.id, ANN, "at night", place=PLACE))
@@ -122,7 +122,7 @@ async def test_compose_turns_reuse_the_originals_inversion_reinvert_turns_do_not
     assert bot.store.inversions.size() > 0
     assert {row[0] for row in bot.store.db.execute("SELECT version_id FROM inversions")} == {first.parent_id}
 
-    service.update_channel_policy(PLACE, chain="reinvert")
+    await service.update_channel_policy(PLACE, chain="reinvert")
     await finished(service.continue_edit(third.id, ANN, "in watercolor", place=PLACE))
     assert editor.inversions == 2, "reinvert: the previous result is inverted"
     assert editor.priors[-1] == ()

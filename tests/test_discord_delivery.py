@@ -89,7 +89,7 @@ async def test_a_result_posted_before_a_restart_is_neither_checked_nor_posted_ag
         PLACE, BOB, png(), "make it red", reply_context=destination.to_context()
     )
     made = await ticket.result()
-    service.link_message("discord", 555, made.id)  # posted, then the bot died before finishing
+    await service.link_message("discord", 555, made.id)  # posted, then the bot died before finishing
     channel, status = Channel(), Status()
     restarted = a_start(service, channel, safety=SafetyChecker(str(tmp_path / "no-such-checker")))
     await restarted.follow(ticket, status, destination)

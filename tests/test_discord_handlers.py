@@ -463,16 +463,20 @@ def test_a_status_left_in_the_channel_of_a_thread_is_found_there_after_a_restart
     assert status.channel_id == 5
 
 
-def test_preferences_persist_in_the_store(tmp_path: Path) -> None:
+async def test_preferences_persist_in_the_store(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "bot.db")
     try:
         service_like = _Options(store)
         config = DiscordConfig(edit_channels=("11",), safety_check=False)
         preferences = Preferences(service_like, config, safety_available=True)
-        preferences.set_edit_channel(1, 22, True)
-        preferences.set_edit_channel(1, 11, False)  # configured channels stay
-        preferences.set_safety_check(1, True)
-        preferences.remember_latest(channel_place(1, 22), "v9")
+        await asyncio.gather(  # changes made at once all stay
+            preferences.set_edit_channel(1, 22, True),
+            preferences.set_edit_channel(1, 33, True),
+            preferences.set_edit_channel(1, 11, False),  # configured channels stay
+        )
+        await preferences.set_edit_channel(1, 33, False)
+        await preferences.set_safety_check(1, True)
+        await preferences.remember_latest(channel_place(1, 22), "v9")
         again = Preferences(service_like, config, safety_available=True)
         assert again.edit_channels(1) == ("11", "22")
         assert again.is_edit_channel(1, 22)
@@ -488,7 +492,8 @@ def test_preferences_persist_in_the_store(tmp_path: Path) -> None:
 
 
 class _Options:
-    """The two service methods Preferences uses, straight onto a real store."""
+    """The two service methods Preferences uses, straight onto a real store (a write that
+    yields to the loop first, as the service's writer does)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -496,7 +501,8 @@ class _Options:
     def channel_options(self, place: Place) -> dict[str, Any]:
         return self.store.place_options(place)
 
-    def update_channel_options(self, place: Place, **changes: Any) -> dict[str, Any]:
+    async def update_channel_options(self, place: Place, **changes: Any) -> dict[str, Any]:
+        await asyncio.sleep(0)
         return self.store.update_place(place, "options", changes)
 
 
@@ -692,7 +698,7 @@ async def test_settings_reset_with_a_refused_value_changes_nothing(tmp_path: Pat
         cog = EditCommands(bot, bot.relay, service, bot.preferences, True)
         interaction = _FakeInteraction()
         place = channel_place(1, 3)
-        service.update_channel_settings(place, steps=7)
+        await service.update_channel_settings(place, steps=7)
         with pytest.raises(Rejected, match="template"):
             await cog.settings_defaults.callback(cog, interaction, reset=True, template="no-such")  # type: ignore[arg-type]
         assert service.channel_settings(place).steps == 7
@@ -762,7 +768,7 @@ async def test_forged_events_pointing_into_another_server_reach_nothing(tmp_path
         elsewhere = channel_place(99, 4)
         ticket = await service.start_edit(elsewhere, Author("7", "Eve"), noise_png((16, 16)), "make it red")
         made = await ticket.result()
-        service.link_message("discord", 555555555555555555, made.id)
+        await service.link_message("discord", 555555555555555555, made.id)
         relay = _relay(service)
         interaction = _FakeInteraction()  # server 1, a moderator there
         interaction.permissions = discord.Permissions(manage_messages=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import sqlite3
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -37,6 +38,7 @@ from sessions import (
     Ticket,
     UserError,
     Version,
+    queries,
 )
 from sessions.store import Store
 from tests.support.db_checks import database_problems
@@ -255,6 +257,31 @@ async def test_a_failed_edit_records_a_readable_error(service: EditService, edit
     assert job.finished_at is not None
 
 
+@pytest.mark.parametrize("ending", ["failed", "cancelled", "postponed"])
+async def test_a_job_whose_ending_cannot_be_saved_still_ends_for_its_requester(
+    service: EditService, editor: StandInEditor, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A failed write of how a job ended reaches the requester as a failure, never as a
+    result() that waits forever (and a status that never finishes)."""
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(Store, "requeue" if ending == "postponed" else "finish_job", locked)
+    editor.failures["make it explode"] = RuntimeError("CUDA error: device-side assert")
+    editor.hold("make it snowy")
+    instruction = "make it explode" if ending == "failed" else "make it snowy"
+    ticket = await service.start_edit(PLACE, ANN, picture(), instruction)
+    if ending != "failed":
+        await wait_for(lambda: service.get_job(ticket.job_id).state == "running")
+    if ending == "cancelled":
+        assert await service.cancel(ticket.job_id, ANN, place=PLACE)
+    if ending == "postponed":
+        await service.stop()
+    with pytest.raises(JobFailed, match="Something went wrong while saving"):
+        await ticket.result()
+
+
 async def test_cancels_touch_only_their_own_job_and_strangers_may_not_cancel(
     service: EditService, editor: StandInEditor
 ) -> None:
@@ -312,45 +339,45 @@ async def test_results_of_one_conversation_are_recorded_in_the_order_asked(
 
 async def test_channel_settings_override_the_defaults_and_are_checked(service: EditService) -> None:
     assert service.channel_settings(PLACE) == DEFAULTS
-    updated = service.update_channel_settings(PLACE, steps=8, guidance_scale=7.5)
+    updated = await service.update_channel_settings(PLACE, steps=8, guidance_scale=7.5)
     assert (updated.steps, updated.guidance_scale) == (8, 7.5)
     first = await first_version(service)
     assert first.settings == updated
-    assert (service.update_channel_settings(PLACE, steps=None)).steps == DEFAULTS.steps
+    assert (await service.update_channel_settings(PLACE, steps=None)).steps == DEFAULTS.steps
     with pytest.raises(Rejected, match="between 1 and 200"):
-        service.update_channel_settings(PLACE, steps=0)
+        await service.update_channel_settings(PLACE, steps=0)
     with pytest.raises(Rejected, match="Unknown setting"):
-        service.update_channel_settings(PLACE, colour="red")
+        await service.update_channel_settings(PLACE, colour="red")
     with pytest.raises(Rejected, match="Unknown prompt template"):
-        service.update_channel_settings(PLACE, template="haiku")
+        await service.update_channel_settings(PLACE, template="haiku")
     assert service.channel_settings(Place("discord", 10, 21)) == DEFAULTS
-    assert service.update_channel_options(PLACE, edit_channel=True) == {"edit_channel": True}
+    assert await service.update_channel_options(PLACE, edit_channel=True) == {"edit_channel": True}
     assert service.channel_options(PLACE) == {"edit_channel": True}
 
 
 async def test_a_thread_inherits_its_channel_settings_and_may_override_them(service: EditService) -> None:
     thread = Place(PLACE.transport, PLACE.guild_id, PLACE.channel_id, "77")
-    service.update_channel_settings(PLACE, steps=9, guidance_scale=6.0)
+    await service.update_channel_settings(PLACE, steps=9, guidance_scale=6.0)
     assert (service.channel_settings(thread).steps, service.channel_settings(thread).guidance_scale) == (
         9,
         6.0,
     )
-    service.update_channel_settings(thread, steps=12)
+    await service.update_channel_settings(thread, steps=12)
     assert (service.channel_settings(thread).steps, service.channel_settings(thread).guidance_scale) == (
         12,
         6.0,
     )
     assert service.channel_settings(PLACE).steps == 9
-    assert (service.update_channel_settings(thread, steps=None)).steps == 9  # back to the channel's
+    assert (await service.update_channel_settings(thread, steps=None)).steps == 9  # back to the channel's
 
 
 async def test_messages_lead_back_to_their_versions_and_stats_add_up(service: EditService) -> None:
     first = await first_version(service)
-    service.link_message("discord", 555, first.id)
+    await service.link_message("discord", 555, first.id)
     assert service.version_for_message("discord", "555") == first
     assert service.version_for_message("discord", 556) is None
     with pytest.raises(NotFound):
-        service.link_message("discord", 557, "nope")
+        await service.link_message("discord", 557, "nope")
     stats = service.stats()
     assert stats["queue_depth"] == 0
     assert stats["jobs"] == {"done": 1}
@@ -638,6 +665,63 @@ async def test_a_jobs_writes_and_its_images_are_made_on_the_writer_thread(
     assert service.get_version(first.id, place=PLACE) == first  # a read after the write sees it
 
 
+async def test_links_place_choices_and_deletes_are_written_on_the_writer_thread(
+    service: EditService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """None of them may wait on the loop for the lock while the writer records a result."""
+    first = await first_version(service)
+    second = await finished(service.continue_edit(first.id, ANN, "add a hat", place=PLACE))
+    threads: dict[str, set[str]] = {}
+    for name in ("link_message", "update_place", "mark_deleted"):
+        real = getattr(Store, name)
+
+        def recording(store: Store, *args: Any, _name: str = name, _real: Any = real, **kwargs: Any) -> Any:
+            threads.setdefault(_name, set()).add(threading.current_thread().name)
+            return _real(store, *args, **kwargs)
+
+        monkeypatch.setattr(Store, name, recording)
+    await service.link_message("discord", 555, second.id)
+    await service.update_channel_settings(PLACE, steps=8)
+    await service.update_channel_options(PLACE, edit_channel=True)
+    await service.update_channel_policy(PLACE, chain="compose")
+    await service.delete_version(second.id, ANN, place=PLACE)
+    assert threads == {name: {"store-writer"} for name in ("link_message", "update_place", "mark_deleted")}
+    # Each read after its write sees it.
+    assert service.version_for_message("discord", 555) == service.get_version(second.id, place=PLACE)
+    assert service.get_version(second.id, place=PLACE).is_deleted
+    assert service.channel_settings(PLACE).steps == 8
+    assert service.channel_options(PLACE)["edit_channel"] is True
+    assert service.channel_policy(PLACE).chain == "compose"
+
+
+async def test_a_contact_sheet_reads_and_draws_its_images_off_the_event_loop(
+    app: App, service: EditService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to 40 full-size images: read on a thread of their own, never on the loop's connection."""
+    first = await first_version(service)
+    second = await finished(service.continue_edit(first.id, ANN, "add a hat", place=PLACE))
+    reads: list[tuple[str, Store]] = []
+    drawn_on: list[str] = []
+    read_image, draw = Store.image_png, queries.draw_lineage
+
+    def reading(store: Store, version_id: str) -> bytes | None:
+        reads.append((threading.current_thread().name, store))
+        return read_image(store, version_id)
+
+    def drawing(*args: Any) -> bytes:
+        drawn_on.append(threading.current_thread().name)
+        return draw(*args)
+
+    monkeypatch.setattr(Store, "image_png", reading)
+    monkeypatch.setattr(queries, "draw_lineage", drawing)
+    sheet = await service.contact_sheet(second.id, place=PLACE)
+    assert Image.open(io.BytesIO(sheet)).format == "PNG"
+    assert len(reads) == 3, "the original, the first edit and the second"
+    [thread] = {thread for thread, _ in reads} | set(drawn_on)  # read and drawn in one go
+    assert thread not in (threading.current_thread().name, "store-writer")
+    assert all(store is not app.store for _, store in reads)
+
+
 # --- the outbox -----------------------------------------------------------------------------------
 
 
@@ -667,7 +751,7 @@ async def test_a_result_recorded_but_not_delivered_is_handed_back_at_start(
         assert (ticket.job_id, ticket.job.reply_context) == (lost.job_id, {"m": 1})
         assert await ticket.result() == version
         assert not again.service.outbox.is_posted("discord", version.id)
-        again.service.link_message("discord", 42, version.id)
+        await again.service.link_message("discord", 42, version.id)
         assert again.service.outbox.is_posted("discord", version.id)
         await again.service.outbox.mark_delivered(ticket.job_id)
         assert again.store.undelivered_jobs() == []

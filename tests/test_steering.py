@@ -6,9 +6,11 @@ which counts the language-model calls and inversions the engine would have made.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,11 @@ from sessions import (
     UserError,
     Version,
 )
+from sessions import service as service_module
 from sessions.policy import ChannelPolicy
 from sessions.schema import MIGRATIONS
 from sessions.store import Store
+from sessions.variation_store import VariationStore
 from tests.support.db_checks import database_problems
 from tests.support.editor import StandInEditor, stand_in_app
 from tests.test_service import picture
@@ -158,9 +162,11 @@ async def test_delete_keeps_the_version_for_branches_but_not_in_history(service:
     second = await finished(service.continue_edit(first.id, BOB, "add a hat", place=PLACE))
     third = await finished(service.continue_edit(second.id, ANN, "at night", place=PLACE))
     with pytest.raises(NotAllowed):
-        service.delete_version(second.id, ANN, place=PLACE)
-    assert service.delete_version(second.id, BOB, place=PLACE).is_deleted
-    assert service.delete_version(third.id, MOD, place=PLACE).is_deleted  # a moderator may delete anyone's
+        await service.delete_version(second.id, ANN, place=PLACE)
+    assert (await service.delete_version(second.id, BOB, place=PLACE)).is_deleted
+    assert (
+        await service.delete_version(third.id, MOD, place=PLACE)
+    ).is_deleted  # a moderator may delete anyone's
     assert service.history(first.id, place=PLACE)[-1] == service.get_version(first.id, place=PLACE)
     fourth = await finished(service.continue_edit(first.id, ANN, "in watercolor", place=PLACE))
     child = await finished(
@@ -173,19 +179,28 @@ async def test_delete_keeps_the_version_for_branches_but_not_in_history(service:
         service.history(second.id, place=PLACE)
     assert fourth.id in {v.id for v in service.conversation_versions(first.conversation_id)}
     with pytest.raises(UserError, match="original"):
-        service.delete_version(first.parent_id or "", MOD, place=PLACE)
+        await service.delete_version(first.parent_id or "", MOD, place=PLACE)
 
 
 async def test_a_thread_inherits_the_channel_policy_and_bad_values_are_refused(service: EditService) -> None:
     thread = Place("discord", 10, 20, 30)
     assert service.channel_policy(thread) == ChannelPolicy()
-    service.update_channel_policy(PLACE, requester_only=True, chain="compose")
-    service.update_channel_policy(thread, previews=False)
+    await service.update_channel_policy(PLACE, requester_only=True, chain="compose")
+    await service.update_channel_policy(thread, previews=False)
     assert service.channel_policy(thread) == ChannelPolicy("compose", False, True)
-    assert service.update_channel_policy(PLACE, chain=None).chain == "reinvert"
+    assert (await service.update_channel_policy(PLACE, chain=None)).chain == "reinvert"
     for bad in ({"chain": "sideways"}, {"previews": "yes"}, {"colour": True}):
         with pytest.raises(Rejected):
-            service.update_channel_policy(PLACE, **bad)
+            await service.update_channel_policy(PLACE, **bad)
+
+
+async def test_policy_changes_made_at_once_all_stay(service: EditService) -> None:
+    await asyncio.gather(
+        service.update_channel_policy(PLACE, requester_only=True),
+        service.update_channel_policy(PLACE, chain="compose"),
+        service.update_channel_policy(PLACE, previews=False),
+    )
+    assert service.channel_policy(PLACE) == ChannelPolicy("compose", False, True)
 
 
 async def test_a_result_carries_its_provenance_as_png_text(service: EditService) -> None:
@@ -213,6 +228,30 @@ async def test_the_original_is_kept_as_posted_and_undo_shows_it(service: EditSer
         assert image.getpixel((75, 50)) == (10, 200, 30)
     again = await finished(service.continue_edit(original.id, BOB, "add a scarf", place=PLACE))
     assert (again.width, again.height) == (32, 24)
+
+
+async def test_a_grid_of_variations_reads_and_draws_its_images_off_the_event_loop(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = await finished(app.service.variations((await edited(app.service)).id, BOB, place=PLACE))
+    threads: list[str] = []
+    read_image, draw = VariationStore.image_png, service_module.draw_grid
+
+    def reading(variations: VariationStore, job_id: str, number: int) -> bytes | None:
+        threads.append(threading.current_thread().name)
+        assert variations.db is not app.store.db, "a connection of its own"
+        return read_image(variations, job_id, number)
+
+    def drawing(pngs: list[bytes]) -> bytes:
+        threads.append(threading.current_thread().name)
+        return draw(pngs)
+
+    monkeypatch.setattr(VariationStore, "image_png", reading)
+    monkeypatch.setattr(service_module, "draw_grid", drawing)
+    await app.service.variation_grid(made.job_id, place=PLACE)
+    assert len(threads) == 5, "four images read, one grid drawn"
+    [thread] = set(threads)  # read and drawn in one go
+    assert thread not in (threading.current_thread().name, "store-writer")
 
 
 async def test_variations_are_one_batch_on_the_parents_inversion_and_picking_makes_versions(

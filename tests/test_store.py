@@ -13,8 +13,9 @@ from sqlite_utils import Database
 from editor.types import EditSettings
 from sessions.config import ConsoleConfig, StorageConfig, load_config
 from sessions.models import Author, Place
+from sessions.records import EditOutcome
 from sessions.schema import MIGRATIONS
-from sessions.store import EditOutcome, Store
+from sessions.store import StorageUnavailable, Store
 from tests.support.db_checks import database_problems
 
 ANN = Author("1", "Ann")
@@ -94,6 +95,21 @@ def test_opening_twice_applies_the_migrations_once_and_keeps_the_data(tmp_path: 
         assert {"conversations", "versions", "message_links", "jobs", "inversions", "places"} <= tables
     finally:
         second.close()
+
+
+def test_a_read_only_store_reads_what_was_written_and_can_write_nothing(store: Store, tmp_path: Path) -> None:
+    version = store.record_result(start_job(store), outcome())
+    reader = Store.open(tmp_path / "var" / "bot.db", read_only=True)
+    try:
+        assert reader.get_version(version.id) == version
+        assert reader.image_png(version.id) == store.image_png(version.id)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.mark_deleted(version.id, ANN.id)
+    finally:
+        reader.close()
+    with pytest.raises(StorageUnavailable, match="unable to open"):
+        Store.open(tmp_path / "nothing.db", read_only=True)  # a reader creates nothing
+    assert not (tmp_path / "nothing.db").exists()
 
 
 def test_a_finished_start_job_records_the_original_and_the_edit(store: Store) -> None:

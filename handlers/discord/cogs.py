@@ -162,7 +162,7 @@ class EditCommands(commands.Cog):
         # One update: with reset, a refused value (e.g. an unknown template) must not leave the
         # channel reset while the user is told that nothing changed.
         update = {**dict.fromkeys(changes), **chosen} if reset else chosen
-        settings = self.service.update_channel_settings(place, **update)
+        settings = await self.service.update_channel_settings(place, **update)
         summary = render.settings_line(settings)
         await interaction.response.send_message(
             render.fit(f"⚙️ <@{interaction.user.id}> changed the settings of this channel: {summary}"),
@@ -188,7 +188,7 @@ class EditCommands(commands.Cog):
         chosen = {name: value for name, value in changes.items() if value is not None}
         if not chosen:
             raise BadRequest("Give at least one of requester_only, previews or chain to change.")
-        policy = self.service.update_channel_policy(_settings_place(interaction), **chosen)
+        policy = await self.service.update_channel_policy(_settings_place(interaction), **chosen)
         await interaction.response.send_message(
             render.fit(f"⚙️ <@{interaction.user.id}> changed this channel: {render.policy_line(policy)}"),
             allowed_mentions=NO_MENTIONS,
@@ -205,7 +205,7 @@ class EditCommands(commands.Cog):
         assert interaction.guild_id is not None
         assert interaction.channel_id is not None
         channel_id = channel.id if channel is not None else _settings_place(interaction).channel_id
-        self.preferences.set_edit_channel(interaction.guild_id, int(channel_id), enabled)
+        await self.preferences.set_edit_channel(interaction.guild_id, int(channel_id), enabled)
         state = "is now an edit channel" if enabled else "is no longer an edit channel"
         note = (
             ""
@@ -225,7 +225,7 @@ class EditCommands(commands.Cog):
                 "This bot has no safety checker (its `discord.safety_model` is empty), so results "
                 "can't be checked here. Ask the bot's operator to configure one."
             )
-        self.preferences.set_safety_check(interaction.guild_id, enabled)
+        await self.preferences.set_safety_check(interaction.guild_id, enabled)
         state = "on" if enabled else "off"
         await interaction.response.send_message(
             f"⚙️ The safety check of results is now {state} in this server.", allowed_mentions=NO_MENTIONS

@@ -253,7 +253,7 @@ class Delivery:
                 if reason := await self._withheld(made, png, destination.guild_id):
                     return render.failed_text(requester_id, instruction, reason)
                 await self._retrying(lambda: self.send_variations(destination, made, png))
-                self._preferences.remember_grid(place, made.job_id)
+                await self._preferences.remember_grid(place, made.job_id)
         elif not self._service.outbox.is_posted(TRANSPORT, made.id):
             png = self._service.image_png(made.id, place=place)
             if reason := await self._withheld(made, png, destination.guild_id):
@@ -261,7 +261,7 @@ class Delivery:
             await self._retrying(
                 lambda: self.send_version(destination, made, lambda note: render.result_text(made, note))
             )
-            self._preferences.remember_latest(place, made.id)
+            await self._preferences.remember_latest(place, made.id)
         return render.done_text(requester_id, instruction, time.time() - job.created_at)
 
     async def _withheld(self, made: Version | VariationSet, png: bytes, guild_id: int | None) -> str | None:
@@ -350,7 +350,7 @@ class Delivery:
                 if error.status != 413:
                     raise
                 message = await send(await fit_image(png, len(fitted.data) // 2, stem))
-            self._links.link(message.id, version.id)
+            await self._links.link(message.id, version.id)
 
     def _upload_limit(self, guild_id: int | None) -> int:
         guild = self._bot.get_guild(guild_id) if guild_id is not None else None

@@ -322,7 +322,7 @@ class Relay:
                 shown = await delivery.respond_with_image(
                     interaction, png, parent.id, text, result_view(parent)
                 )
-                self._links.link(shown.id, parent.id)
+                await self._links.link(shown.id, parent.id)
             return
         request = {
             "retry": self._service.retry,

@@ -45,8 +45,9 @@ class Links:
             async with self._posted:
                 self._posted.notify_all()
 
-    def link(self, message_id: int, version_id: str) -> None:
-        self._service.link_message(TRANSPORT, message_id, version_id)
+    async def link(self, message_id: int, version_id: str) -> None:
+        """Link a posted message to the version it shows (written off the event loop)."""
+        await self._service.link_message(TRANSPORT, message_id, version_id)
 
     async def version_of(self, message_id: int, channel_id: int | None, wait_s: float) -> Version | None:
         """The version a message shows; while the bot is still posting in ``channel_id`` (None:

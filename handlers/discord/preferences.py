@@ -4,11 +4,13 @@ Server-wide options (edit channels, the safety check) live on one place per serv
 channel id is :data:`SERVER_WIDE`; the latest result of each channel (the default of
 /history) and the grids of variations recently posted there live on that channel's place.
 Server reads are cached: every message in every channel asks whether it is in an edit
-channel, and only /settings changes the answer.
+channel, and only /settings changes the answer. Changes are written off the event loop, one
+at a time, so two made at once both stay.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from sessions import DiscordConfig, Place
@@ -24,7 +26,7 @@ SERVER_WIDE = "server"
 class OptionsStore(Protocol):
     def channel_options(self, place: Place) -> dict[str, Any]: ...
 
-    def update_channel_options(self, place: Place, **changes: Any) -> dict[str, Any]: ...
+    async def update_channel_options(self, place: Place, **changes: Any) -> dict[str, Any]: ...
 
 
 def channel_place(guild_id: int | None, channel_id: int, thread_id: int | None = None) -> Place:
@@ -41,6 +43,8 @@ class Preferences:
         self._config = config
         self._safety_available = safety_available
         self._servers: dict[str, dict[str, Any]] = {}
+        #: Held from reading a server's options to writing them back, so no change is lost.
+        self._changing = asyncio.Lock()
 
     def _server(self, guild_id: int) -> dict[str, Any]:
         key = str(guild_id)
@@ -48,9 +52,9 @@ class Preferences:
             self._servers[key] = self._store.channel_options(Place(TRANSPORT, key, SERVER_WIDE))
         return self._servers[key]
 
-    def _update_server(self, guild_id: int, **changes: Any) -> None:
+    async def _update_server(self, guild_id: int, **changes: Any) -> None:
         place = Place(TRANSPORT, str(guild_id), SERVER_WIDE)
-        self._servers[str(guild_id)] = self._store.update_channel_options(place, **changes)
+        self._servers[str(guild_id)] = await self._store.update_channel_options(place, **changes)
 
     def edit_channels(self, guild_id: int) -> tuple[str, ...]:
         """The configured edit channels plus those added with /settings, configured first."""
@@ -62,12 +66,13 @@ class Preferences:
     def is_edit_channel(self, guild_id: int | None, channel_id: int) -> bool:
         return guild_id is not None and str(channel_id) in self.edit_channels(guild_id)
 
-    def set_edit_channel(self, guild_id: int, channel_id: int, enabled: bool) -> None:
+    async def set_edit_channel(self, guild_id: int, channel_id: int, enabled: bool) -> None:
         """Add or remove a channel; one configured in config.yaml stays an edit channel."""
-        stored = [c for c in self._server(guild_id).get("edit_channels", []) if c != str(channel_id)]
-        if enabled:
-            stored.append(str(channel_id))
-        self._update_server(guild_id, edit_channels=stored)
+        async with self._changing:
+            stored = [c for c in self._server(guild_id).get("edit_channels", []) if c != str(channel_id)]
+            if enabled:
+                stored.append(str(channel_id))
+            await self._update_server(guild_id, edit_channels=stored)
 
     def safety_check(self, guild_id: int | None) -> bool | None:
         """Whether results here are checked; None when this bot has no safety checker at all."""
@@ -77,19 +82,23 @@ class Preferences:
             return self._config.safety_check
         return bool(self._server(guild_id).get("safety_check", self._config.safety_check))
 
-    def set_safety_check(self, guild_id: int, enabled: bool) -> None:
-        self._update_server(guild_id, safety_check=enabled)
+    async def set_safety_check(self, guild_id: int, enabled: bool) -> None:
+        async with self._changing:
+            await self._update_server(guild_id, safety_check=enabled)
 
     def latest_version(self, place: Place) -> str | None:
         return self._store.channel_options(place).get("latest_version")
 
-    def remember_latest(self, place: Place, version_id: str) -> None:
-        self._store.update_channel_options(place, latest_version=version_id)
+    async def remember_latest(self, place: Place, version_id: str) -> None:
+        await self._store.update_channel_options(place, latest_version=version_id)
 
     def grid_posted(self, place: Place, job_id: str) -> bool:
         """Whether the grid of a variations job was posted here (results are linked instead)."""
         return job_id in self._store.channel_options(place).get("posted_grids", [])
 
-    def remember_grid(self, place: Place, job_id: str) -> None:
-        posted = self._store.channel_options(place).get("posted_grids", [])
-        self._store.update_channel_options(place, posted_grids=[*posted, job_id][-POSTED_GRIDS_KEPT:])
+    async def remember_grid(self, place: Place, job_id: str) -> None:
+        async with self._changing:
+            posted = self._store.channel_options(place).get("posted_grids", [])
+            await self._store.update_channel_options(
+                place, posted_grids=[*posted, job_id][-POSTED_GRIDS_KEPT:]
+            )

@@ -78,7 +78,7 @@ class Steering:
             shown = await respond_with_image(
                 interaction, png, f"edit-{version.id}", text, result_view(version)
             )
-            self._links.link(shown.id, version.id)
+            await self._links.link(shown.id, version.id)
 
     async def open_fix(self, interaction: discord.Interaction, version: Version) -> None:
         """The Fix captions button: a modal with the before and after captions, one per line."""
@@ -104,7 +104,7 @@ class Steering:
     async def delete(self, interaction: discord.Interaction, version: Version) -> None:
         """The Delete button: the message goes, the version stays in the tree marked deleted."""
         author = intake.author_of_interaction(interaction)
-        self._service.delete_version(version.id, author, place=self._place_of(interaction))
+        await self._service.delete_version(version.id, author, place=self._place_of(interaction))
         await interaction.response.send_message(
             "🗑️ Deleted. Edits made from it are kept.", ephemeral=True, allowed_mentions=NO_MENTIONS
         )
