@@ -300,6 +300,10 @@ async def test_cancel_queued_jobs_and_the_per_user_cap(world: World) -> None:
         assert cancelled["components"] == []
     assert is_result(await world.result_of(requests[0]))
     await fake.slash_command("carol", edits, "settings defaults", {"reset": True})
+    await fake.wait_for_message(
+        lambda m: "changed the settings of this channel" in m["content"] and "steps 60" not in m["content"],
+        15,
+    )
 
 
 async def test_slash_command_edit(world: World) -> None:

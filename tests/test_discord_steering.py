@@ -168,7 +168,8 @@ async def test_variations_post_one_grid_and_a_pick_becomes_a_result(world: World
 async def test_the_status_message_shows_the_edit_forming_unless_the_channel_says_no(world: World) -> None:
     fake = world.fake
     channel = fake.channels["random"]["id"]
-    await fake.slash_command("carol", channel, "settings defaults", {"steps": 16})  # long enough to watch
+    # Long enough for the channel's edit budget (5 per 5 s) to leave room for a preview.
+    await world.answer_to(await fake.slash_command("carol", channel, "settings defaults", {"steps": 40}))
     request = await fake.send_message(
         "alice", channel, "make it purple", files=[("photo.png", png_bytes())], mention_bot=True
     )
@@ -196,7 +197,9 @@ async def test_the_status_message_shows_the_edit_forming_unless_the_channel_says
     gaps = [b.at - a.at for a, b in itertools.pairwise(edits[:-1])]
     assert all(gap >= 0.25 for gap in gaps), f"previews ride on the throttled status edits, gaps {gaps}"
 
-    await fake.slash_command("carol", channel, "settings steering", {"previews": False})
+    await world.answer_to(
+        await fake.slash_command("carol", channel, "settings steering", {"previews": False})
+    )
     quiet = await fake.send_message(
         "alice", channel, "make it teal", files=[("photo.png", png_bytes())], mention_bot=True
     )
@@ -218,7 +221,10 @@ async def test_delete_is_for_the_requester_and_moderators_and_buttons_can_be_the
     assert answer["flags"] & EPHEMERAL
     assert "Only the person who asked" in answer["content"]
 
-    await fake.slash_command("carol", world.general, "settings steering", {"requester_only": True})
+    # Settings are written by the store's writer: click once the command has answered.
+    await world.answer_to(
+        await fake.slash_command("carol", world.general, "settings steering", {"requester_only": True})
+    )
     retry = await fake.click("bob", result, buttons(result)["Retry"])
     answer = await world.answer_to(retry)
     assert answer["flags"] & EPHEMERAL

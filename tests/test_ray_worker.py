@@ -106,8 +106,8 @@ def starts(board: Board, name: str) -> list[int]:
 
 async def test_two_replicas_edit_for_two_people_at_once_and_both_land_in_the_tree(app, board):
     board.hold("ann-at-once", "bob-at-once")
-    ann = app.service.start_edit(PLACE, Author("1", "Ann"), png(), "ann-at-once")
-    bob = app.service.start_edit(PLACE, Author("2", "Bob"), png(), "bob-at-once")
+    ann = await app.service.start_edit(PLACE, Author("1", "Ann"), png(), "ann-at-once")
+    bob = await app.service.start_edit(PLACE, Author("2", "Bob"), png(), "bob-at-once")
 
     # Both began before either may end: they run at the same time, in two processes.
     await until(lambda: bool(starts(board, "ann-at-once") and starts(board, "bob-at-once")))
@@ -119,7 +119,7 @@ async def test_two_replicas_edit_for_two_people_at_once_and_both_land_in_the_tre
     for version, name in zip(versions, ("ann-at-once", "bob-at-once"), strict=True):
         lineage = app.store.conversation_versions(version.conversation_id)
         assert [v.instruction for v in lineage] == [None, name]
-        assert app.service.image_png(version.id).startswith(b"\x89PNG")
+        assert app.service.image_png(version.id, place=PLACE).startswith(b"\x89PNG")
     assert database_problems(app.store) == []
 
 
@@ -206,7 +206,7 @@ async def test_a_replica_killed_mid_job_and_the_job_runs_on_the_other(make_worke
 async def test_a_job_that_loses_two_replicas_is_reported_and_nothing_is_lost(app, board):
     """The first replica is killed, the second hangs (SIGSTOP): both are replaced, the job reported."""
     board.hold("lost-twice")
-    doomed = app.service.start_edit(PLACE, Author("1", "Ann"), png(), "lost-twice")
+    doomed = await app.service.start_edit(PLACE, Author("1", "Ann"), png(), "lost-twice")
     await until(lambda: bool(starts(board, "lost-twice")))
     os.kill(starts(board, "lost-twice")[0], signal.SIGKILL)
     await until(lambda: len(starts(board, "lost-twice")) == 2)
@@ -216,8 +216,10 @@ async def test_a_job_that_loses_two_replicas_is_reported_and_nothing_is_lost(app
         await doomed.result()
     board.release("lost-twice")
     # Both original replicas are gone: this edit runs on a replacement.
-    after = await app.service.start_edit(PLACE, Author("2", "Bob"), png(), "after-the-losses").result()
-    assert app.service.image_png(after.id).startswith(b"\x89PNG")
+    after = await (
+        await app.service.start_edit(PLACE, Author("2", "Bob"), png(), "after-the-losses")
+    ).result()
+    assert app.service.image_png(after.id, place=PLACE).startswith(b"\x89PNG")
     assert app.store.job_counts() == {"done": 1, "failed": 1}
     assert database_problems(app.store) == []
 
