@@ -143,7 +143,18 @@ class JobRunner:
     async def recover(self) -> list[Ticket[Any]]:
         """Tickets for the jobs a crash or a stop left undelivered: ended ones first (already
         resolved), then the unfinished ones, queued again."""
-        tickets = [self._ended(job) for job in self._store.undelivered_jobs()]
+        undelivered = self._store.undelivered_jobs()
+        # Asked for without saying where to answer: no transport can ever deliver these.
+        given_up = [job.id for job in undelivered if not job.reply_context]
+        if given_up:
+            log.warning("edits %s ended with no reply context; nobody to tell them to", ", ".join(given_up))
+
+            def give_up(store: Store) -> None:
+                for job_id in given_up:
+                    store.mark_delivered(job_id)
+
+            await self._writer.run(give_up)
+        tickets = [self._ended(job) for job in undelivered if job.reply_context]
         return tickets + [await self._recover_or_fail(job) for job in self._store.unfinished_jobs()]
 
     def following(self, job_id: str) -> bool:
