@@ -278,15 +278,26 @@ async def test_cancel_queued_jobs_and_the_per_user_cap(world: World) -> None:
     await fake.wait_for_message(lambda m: "steps 60" in m["content"], 15)
     requests = [await world.ask("alice", f"variation {n}", channel=edits) for n in range(4)]
     statuses = [await world.status_of(request) for request in requests]
-    # Refused at once (a reply), or, while the third was still downloading, by its status.
-    capped = statuses[3] if statuses[3]["content"].startswith("⚠️") else None
-    capped = capped or await world.final_status(statuses[3], "⚠️")
+    ids = {status["id"] for status in statuses}
+    # The four arrive at once and their images are read in parallel: whichever is admitted last
+    # finds the cap reached, refused at once (a reply) or once downloaded (by its status).
+    capped = await fake.wait_for_message(
+        lambda m: m["id"] in ids and m["content"].startswith("⚠️"), RESULT_TIMEOUT, kinds=("message", "edit")
+    )
     assert "You already have 3 edits waiting or running" in capped["content"]
-    statuses = statuses[:3]
+    admitted = [
+        (request, status)
+        for request, status in zip(requests, statuses, strict=True)
+        if status["id"] != capped["id"]
+    ]
 
     # Cancel is on a status from its first message on: however busy the channel, it is there.
-    assert all("Cancel" in buttons(status) for status in statuses)
-    queued = statuses[1:3]
+    assert all("Cancel" in buttons(status) for _, status in admitted)
+    running = await fake.wait_for_message(
+        lambda m: m["id"] in ids and m["content"].startswith("🎨"), RESULT_TIMEOUT, kinds=("edit",)
+    )
+    queued = [status for _, status in admitted if status["id"] != running["id"]]
+    assert len(queued) == 2
     not_allowed = await fake.click("bob", queued[0], buttons(queued[0])["Cancel"])
     refusal = await fake.wait_for_message(
         lambda m: (m.get("interaction_metadata") or {}).get("id") == not_allowed["id"]
@@ -295,10 +306,11 @@ async def test_cancel_queued_jobs_and_the_per_user_cap(world: World) -> None:
     assert "Only the person who asked" in refusal["content"]
     await fake.click("alice", queued[1], buttons(queued[1])["Cancel"])
     await fake.click("carol", queued[0], buttons(queued[0])["Cancel"])  # carol moderates (Manage Messages)
-    for status in statuses[1:3]:
+    for status in queued:
         cancelled = await world.final_status(status, "🚫")
         assert cancelled["components"] == []
-    assert is_result(await world.result_of(requests[0]))
+    [running_request] = [request for request, status in admitted if status["id"] == running["id"]]
+    assert is_result(await world.result_of(running_request))
     await fake.slash_command("carol", edits, "settings defaults", {"reset": True})
     await fake.wait_for_message(
         lambda m: "changed the settings of this channel" in m["content"] and "steps 60" not in m["content"],
