@@ -108,7 +108,7 @@ def result_text(version: Version, note: str = "") -> str:
     understood = understood_line(version)
     if understood:
         lines.append(understood)
-    return fit("\n".join(lines), small_print(version.notes) + (f"\n-# {note}" if note else ""))
+    return with_note("\n".join(lines), note, warnings=version.notes)
 
 
 def variations_text(made: VariationSet, note: str = "") -> str:
@@ -123,7 +123,7 @@ def variations_text(made: VariationSet, note: str = "") -> str:
         strength = variation.settings.direction_strength
         lines.append(f"{variation.number}. strength {strength:g}: {quote(before, 120)} → {quote(after, 120)}")
     notes = dict.fromkeys(text for variation in made.variations for text in variation.notes)
-    return fit("\n".join(lines), small_print(tuple(notes)) + (f"\n-# {note}" if note else ""))
+    return with_note("\n".join(lines), note, warnings=tuple(notes))
 
 
 def undo_text(version: Version, undone: Version, clicker_id: str) -> str:
@@ -315,15 +315,11 @@ def fit(text: str, tail: str = "") -> str:
     return (text + tail)[:MAX_CONTENT]
 
 
-def small_print(notes: Sequence[str]) -> str:
-    """Notes about how an edit was made, as small print lines to put under a text (each kept short,
-    so a result's text always has room for them)."""
-    return "".join(f"\n-# ⚠️ {discord.utils.escape_markdown(_shortened(note, NOTE_CHARS))}" for note in notes)
-
-
-def with_note(text: str, note: str) -> str:
-    """A text with a small-print note under it (the note is kept when the text is cut)."""
-    return fit(text, f"\n-# {note}") if note else fit(text)
+def with_note(text: str, note: str, *, warnings: Sequence[str] = ()) -> str:
+    """A text with small print under it, kept whole when the text is cut: ``warnings`` about
+    how an edit was made (each shortened, markdown-safe), then ``note`` (how it was sent)."""
+    tail = "".join(f"\n-# ⚠️ {discord.utils.escape_markdown(_shortened(w, NOTE_CHARS))}" for w in warnings)
+    return fit(text, tail + (f"\n-# {note}" if note else ""))
 
 
 def _field(text: str) -> str:
