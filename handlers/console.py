@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from handlers.console_lines import describe, progress_line, progress_mark
 from handlers.console_steering import HELP as STEERING_HELP
 from handlers.console_steering import SteeringCommands
 from sessions import (
@@ -25,7 +26,6 @@ from sessions import (
     EditService,
     Place,
     Postponed,
-    Progress,
     Ticket,
     UserError,
     VariationSet,
@@ -49,7 +49,6 @@ Type an instruction (e.g. "make it snowy") to edit the current image, or a comma
   /quit                     leave (so does the end of input)"""
 
 #: A progress line is printed at each new stage and each quarter of a stage.
-PROGRESS_QUARTERS = 4
 CURRENT = "current_version"
 
 
@@ -112,7 +111,7 @@ class ConsoleChat(SteeringCommands):
             self._say(f"Finishing “{ticket.job.instruction}”, started before the restart…")
             await self._follow(ticket)
         if (current := self._current()) is not None:
-            self._say(f"Continuing with version {current.id} ({_describe(current)}).")
+            self._say(f"Continuing with version {current.id} ({describe(current)}).")
         while True:
             if self._stdin.isatty():
                 self._stdout.write("> ")
@@ -255,7 +254,7 @@ class ConsoleChat(SteeringCommands):
             known = current.image_caption or "not known yet (it is captioned when first edited)"
             self._say(f"Version {current.id} is the original image. BLIP's caption: {known}")
             return True
-        self._say(f"Version {current.id}: {_describe(current)}")
+        self._say(f"Version {current.id}: {describe(current)}")
         self._say(f"  BLIP saw the input as: {current.caption}")
         self._say("  Before: " + " | ".join(current.before_captions))
         self._say("  After:  " + " | ".join(current.after_captions))
@@ -280,7 +279,7 @@ class ConsoleChat(SteeringCommands):
 
         def walk(version: Version, depth: int) -> None:
             marker = "*" if version.id == current.id else " "
-            self._say(f"{marker} {'  ' * depth}{version.id}  {_describe(version)}")
+            self._say(f"{marker} {'  ' * depth}{version.id}  {describe(version)}")
             for child in children.get(version.id, []):
                 walk(child, depth + 1)
 
@@ -313,10 +312,10 @@ class ConsoleChat(SteeringCommands):
         last: tuple[str | None, int] | None = None
         preview: bytes | None = None
         async for update in ticket.progress():
-            mark = _progress_mark(update)
+            mark = progress_mark(update)
             if mark != last:
                 last = mark
-                self._say(_progress_line(update))
+                self._say(progress_line(update))
             if update.preview is not None and update.preview != preview:
                 preview = update.preview
                 self._say(f"  preview: {self._write_preview(ticket.job_id, preview)}")
@@ -343,7 +342,7 @@ class ConsoleChat(SteeringCommands):
         if not path.exists():
             self._outputs.mkdir(parents=True, exist_ok=True)
             path.write_bytes(self._service.image_png(version.id, place=self._place))
-        self._say(f"{verb} version {version.id} ({_describe(version)}): {path}")
+        self._say(f"{verb} version {version.id} ({describe(version)}): {path}")
         for note in version.notes:
             self._say(f"  Note: {note}")
 
@@ -386,30 +385,6 @@ def _read_file(name: str) -> tuple[Path, bytes] | str:
         return f"{path} is a folder; please give the path of an image file."
     except OSError as error:
         return f"I can't read {path}: {error.strerror}."
-
-
-def _describe(version: Version) -> str:
-    if version.instruction is None:
-        return f"the original, from {version.author_name}"
-    deleted = " (deleted)" if version.is_deleted else ""
-    return f"“{version.instruction}” by {version.author_name}{deleted}"
-
-
-def _progress_mark(update: Progress) -> tuple[str | None, int]:
-    """What a printed line stands for: the state or stage, and the quarter reached."""
-    if update.state == "queued":
-        return ("queued", update.queue_position or 0)
-    if update.state != "running" or not update.total:
-        return (update.stage or update.state, 0)
-    return (update.stage, update.step * PROGRESS_QUARTERS // update.total)
-
-
-def _progress_line(update: Progress) -> str:
-    if update.state == "queued":
-        return f"  waiting, number {update.queue_position} in the queue"
-    if update.state == "running" and update.stage and update.total:
-        return f"  {update.stage}: {update.step}/{update.total} ({100 * update.step // update.total}%)"
-    return f"  {update.state}"
 
 
 async def serve_console(service: EditService, chat: ConsoleChat) -> None:
